@@ -1,0 +1,118 @@
+"""`vla bench sim`: raw simulator vs our wrapper steps/s, side by side in one run.
+
+For each backend: (1) the simulator's own ``step`` on the very object our adapter wraps
+(``SingleEnv.raw_step``), (2) the full batched API ``make_env(num_envs=1).step`` with the
+same actions and the same episode boundaries, interleaved in alternating rounds so machine
+noise hits both alike; then (3) subprocess vector envs at 1..N workers for scaling.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+DEFAULT_BENCH_ENVS = (
+    "maniskill/PickCube-v1",
+    "robomimic/Lift",
+    "metaworld/pick-place-v3",
+    "libero/libero_spatial.0",
+)
+
+
+@dataclass
+class BenchSimConfig:
+    envs: tuple[str, ...] = field(default=DEFAULT_BENCH_ENVS, metadata={"help": "envs to measure"})
+    steps: int = field(default=300, metadata={"help": "steps per measurement round"})
+    rounds: int = field(default=3, metadata={"help": "alternating raw/wrapper rounds (best round is kept)"})
+    obs_mode: str = field(default="state", metadata={"help": "state or rgb"})
+    image_size: int = 84
+    max_workers: int = field(default=0, metadata={"help": "subprocess scaling up to this many workers (0: cores)"})
+    scaling_steps: int = field(default=200, metadata={"help": "batched steps per scaling measurement"})
+    seed: int = 0
+    out: str | None = field(default=None, metadata={"help": "write the table as JSON here"})
+
+
+def _random_actions(spec, count: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    low = np.asarray(spec.action_low or [-1.0] * spec.action_dim, dtype=np.float32)
+    high = np.asarray(spec.action_high or [1.0] * spec.action_dim, dtype=np.float32)
+    return rng.uniform(low, high, size=(count, spec.action_dim)).astype(np.float32)
+
+
+def measure_raw_vs_wrapper(name: str, config: BenchSimConfig) -> dict:
+    from sim import make_env
+
+    horizon = 100  # both loops reset at the same step counts
+    env = make_env(name, num_envs=1, obs_mode=config.obs_mode, image_size=config.image_size, seed=config.seed,
+                   vectorization="sync", terminate_on_success=False, max_episode_steps=horizon)
+    single = env.workers[0].runner.env
+    actions = _random_actions(env.spec, config.steps, config.seed)
+    batched = actions[:, None, :]
+    raw_rates, wrapped_rates = [], []
+    for _ in range(config.rounds):
+        single.raw_reset(config.seed)
+        start = time.perf_counter()
+        for i, action in enumerate(actions):
+            if i and i % horizon == 0:
+                single.raw_reset(config.seed)
+            single.raw_step(action)
+        raw_rates.append(config.steps / (time.perf_counter() - start))
+        env.reset(seed=config.seed)
+        start = time.perf_counter()
+        for action in batched:
+            env.step(action[None])
+        wrapped_rates.append(config.steps / (time.perf_counter() - start))
+    env.close()
+    raw, wrapped = max(raw_rates), max(wrapped_rates)
+    return {"env": name, "raw_steps_per_s": raw, "wrapper_steps_per_s": wrapped, "ratio": wrapped / raw}
+
+
+def measure_scaling(name: str, config: BenchSimConfig, workers: list[int]) -> dict[int, float]:
+    from sim import make_env
+
+    rates = {}
+    for n in workers:
+        env = make_env(name, num_envs=n, obs_mode=config.obs_mode, image_size=config.image_size, seed=config.seed,
+                       vectorization="subprocess", terminate_on_success=False, max_episode_steps=100)
+        actions = _random_actions(env.spec, config.scaling_steps * n, config.seed).reshape(config.scaling_steps, n, -1)
+        env.reset()
+        for a in actions[:5]:  # warm-up
+            env.step(a)
+        start = time.perf_counter()
+        for a in actions[5:]:
+            env.step(a)
+        rates[n] = (config.scaling_steps - 5) * n / (time.perf_counter() - start)
+        env.close()
+    return rates
+
+
+def run_bench_sim(config: BenchSimConfig) -> list[dict]:
+    max_workers = config.max_workers or os.cpu_count() or 1
+    workers = sorted({1, *range(2, max_workers + 1)})
+    rows = []
+    print(f"raw vs wrapper: best of {config.rounds} alternating rounds of {config.steps} steps, obs_mode={config.obs_mode}; "
+          f"subprocess columns: total env steps/s with N workers ({os.cpu_count()} cores)")
+    print(table_header(workers), flush=True)
+    for name in config.envs:
+        row = measure_raw_vs_wrapper(name, config)
+        row["subprocess_steps_per_s"] = measure_scaling(name, config, workers)
+        rows.append(row)
+        print(format_row(row, workers), flush=True)
+    return rows
+
+
+def table_header(workers: list[int]) -> str:
+    scaling = " | ".join(f"{n} proc" for n in workers)
+    line = "|" + "---|" * (5 + len(workers))
+    return f"| env | raw steps/s | wrapper steps/s | wrapper/raw | overhead | {scaling} |\n{line}"
+
+
+def format_row(row: dict, workers: list[int]) -> str:
+    scaling = " | ".join(f"{row['subprocess_steps_per_s'][n]:.0f}" for n in workers)
+    return (
+        f"| {row['env']} | {row['raw_steps_per_s']:.0f} | {row['wrapper_steps_per_s']:.0f} | "
+        f"{row['ratio']:.3f} | {100 * (1 - row['ratio']):.1f}% | {scaling} |"
+    )

@@ -1,0 +1,149 @@
+"""Scripted demonstrations from parallel simulators into a LeRobot v3 dataset.
+
+Each env's frames are buffered until its episode ends; a finished episode (successful
+ones only, unless ``keep_failures``) is written whole. Ctrl-C or SIGTERM finalizes the
+dataset, so an interrupted run loses at most the episodes in progress.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from vla.datasets.lerobot_io import EpisodeWriter, check_dataset_dir, features_from_spec, make_frame
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CollectConfig:
+    env: str = "robomimic/Lift"
+    episodes: int = 50  # episodes to add to the dataset
+    out: Path = Path("data/datasets/robomimic_Lift")
+    num_envs: int = 2
+    obs_mode: str = "rgb"
+    image_size: int = 84
+    cameras: tuple[str, ...] | None = None
+    seed: int = 0
+    keep_failures: bool = False
+    max_attempts: int | None = None  # stop after this many episodes even if too few succeeded
+    video: bool = True  # images as MP4 (LeRobot default) or as PNG frames (lossless)
+    max_episode_steps: int | None = None
+    vectorization: str = "auto"
+
+
+@dataclass
+class CollectResult:
+    out: Path
+    written: int = 0
+    attempted: int = 0
+    successes: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+    episode_lengths: list[int] = field(default_factory=list)
+
+    @property
+    def success_rate(self) -> float:
+        return self.successes / max(self.attempted, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out),
+            "episodes_written": self.written,
+            "episodes_attempted": self.attempted,
+            "expert_success_rate": round(self.success_rate, 4),
+            "frames_written": self.frames,
+            "seconds": round(self.seconds, 1),
+            "interrupted": self.interrupted,
+        }
+
+
+class _TerminateAsInterrupt:
+    """Turn SIGTERM into KeyboardInterrupt for the duration, so ``finally`` blocks run."""
+
+    def __enter__(self):
+        self._previous = signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def collect(config: CollectConfig) -> CollectResult:
+    from sim import make_env
+
+    out = Path(config.out)
+    check_dataset_dir(out)  # refuse before starting any simulator
+    result = CollectResult(out=out)
+    started = time.perf_counter()
+    max_attempts = config.max_attempts or max(4 * config.episodes, config.episodes + 20)
+    with _TerminateAsInterrupt():
+        env = make_env(
+            config.env,
+            num_envs=config.num_envs,
+            obs_mode=config.obs_mode,
+            image_size=config.image_size,
+            cameras=config.cameras,
+            seed=config.seed,
+            max_episode_steps=config.max_episode_steps,
+            vectorization=config.vectorization,
+        )
+        writer = None
+        try:
+            spec = env.spec
+            features = features_from_spec(
+                spec.state_dim, spec.action_dim, spec.env_state_dim, spec.cameras, spec.image_size, config.video
+            )
+            writer = EpisodeWriter(out, fps=spec.fps, features=features, robot_type=spec.robot, use_videos=config.video)
+            buffers: list[list[dict]] = [[] for _ in range(env.num_envs)]
+            obs = env.reset()
+            bar = tqdm(total=config.episodes, desc=f"collect {config.env}", unit="ep")
+            while result.written < config.episodes and result.attempted < max_attempts:
+                actions = env.expert_actions()
+                next_obs, reward, terminated, truncated, info = env.step(actions)
+                for i in range(env.num_envs):
+                    done = bool(terminated[i] or truncated[i])
+                    buffers[i].append(
+                        make_frame(obs, i, actions[i], float(reward[i]), bool(info["success"][i]), done, features)
+                    )
+                    if not done:
+                        continue
+                    episode, frames, buffers[i] = info["episode"][i], buffers[i], []
+                    result.attempted += 1
+                    result.successes += int(episode["success"])
+                    keep = episode["success"] or config.keep_failures
+                    if keep and result.written < config.episodes:
+                        writer.write_episode(frames)
+                        result.written += 1
+                        result.frames += len(frames)
+                        result.episode_lengths.append(len(frames))
+                        bar.update(1)
+                    bar.set_postfix(success=f"{result.successes}/{result.attempted}")
+                obs = next_obs
+            bar.close()
+            if result.written < config.episodes:
+                log.warning(
+                    "stopped after %d attempts with %d/%d episodes (expert success %.0f%%)",
+                    result.attempted, result.written, config.episodes, 100 * result.success_rate,
+                )
+        except KeyboardInterrupt:
+            result.interrupted = True
+            log.warning("interrupted: keeping the %d complete episodes written so far", result.written)
+        finally:
+            if writer is not None:
+                writer.close()
+            env.close()
+    result.seconds = time.perf_counter() - started
+    return result
+

@@ -1,0 +1,39 @@
+"""Meta-World's own scripted policies (``metaworld.policies``), one per v3 task.
+
+They read the raw 39-d observation, which ``sim.metaworld.MetaWorldEnv`` keeps as
+``last_raw_obs``, and are stateless, so ``reset`` has nothing to do.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from vla.registry import UnknownNameError, unknown_name_message
+
+# metaworld.policies.policy.move() warns on every call whose gain saturates the action; the
+# env clips actions anyway, so the warning carries no information for us.
+warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high", module=r"metaworld\.policies")
+
+
+class MetaWorldExpert:
+    def __init__(self, task: str):
+        from metaworld.policies import ENV_POLICY_MAP
+
+        if task not in ENV_POLICY_MAP:
+            raise UnknownNameError(unknown_name_message("Meta-World scripted policy", task, ENV_POLICY_MAP))
+        self.task = task
+        self.policy = ENV_POLICY_MAP[task]()
+
+    def reset(self, env) -> None:
+        pass
+
+    def act(self, env) -> np.ndarray:
+        obs = env.last_raw_obs
+        if obs is None:
+            raise RuntimeError("reset the env before asking the Meta-World expert for an action")
+        return np.asarray(self.policy.get_action(obs), dtype=np.float32)
+
+
+EXPERTS = {"*": MetaWorldExpert}

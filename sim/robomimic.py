@@ -1,0 +1,226 @@
+"""RoboMimic tasks on robosuite (MuJoCo) with Panda arms and RoboMimic's OSC_POSE controller.
+
+Action (per arm): 3 position deltas + 3 axis-angle rotation deltas in [-1, 1] (scaled by the
+controller to 5 cm / 0.5 rad per step) + 1 gripper command (-1 open, +1 close), at 20 Hz.
+
+Lift, PickPlaceCan and NutAssemblySquare run on robosuite 1.4 in this process. robosuite 1.4
+has no TwoArmTransport or ToolHang (they arrived in robosuite 1.5, which cannot live beside
+the 1.4 that LIBERO pins), so those two run on robosuite 1.5 in a sidecar virtual environment,
+always in subprocess workers (see ``worker_python``); their observations are identical in form.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sim.core import EnvConfig, EnvSpec, SingleEnv, make_observation
+from sim.robosuite_util import import_robosuite
+from vla import keys
+
+
+@dataclass(frozen=True)
+class RobomimicTask:
+    env_name: str
+    instruction: str
+    horizon: int  # RoboMimic's evaluation horizon
+    robots: tuple[str, ...] = ("Panda",)
+    cameras: tuple[tuple[str, str], ...] = ((keys.CAMERA_SCENE, "agentview"), (keys.CAMERA_WRIST, "robot0_eye_in_hand"))
+    needs_robosuite15: bool = False
+    env_kwargs: tuple[tuple[str, object], ...] = ()
+
+
+TASKS: dict[str, RobomimicTask] = {
+    "Lift": RobomimicTask("Lift", "lift the red cube off the table", 400),
+    "PickPlaceCan": RobomimicTask("PickPlaceCan", "pick up the can and place it in its bin", 400),
+    "NutAssemblySquare": RobomimicTask("NutAssemblySquare", "fit the square nut onto the square peg", 400),
+    "TwoArmTransport": RobomimicTask(
+        "TwoArmTransport",
+        "lift the hammer out of one bin with one arm and hand it over into the other bin",
+        700,
+        robots=("Panda", "Panda"),
+        cameras=(
+            (keys.CAMERA_SCENE, "shouldercamera0"),
+            (keys.CAMERA_WRIST, "robot0_eye_in_hand"),
+            ("wrist_right", "robot1_eye_in_hand"),
+        ),
+        needs_robosuite15=True,
+        env_kwargs=(("env_configuration", "single-arm-opposed"),),
+    ),
+    "ToolHang": RobomimicTask(
+        "ToolHang",
+        "insert the hook into the stand and hang the wrench on the hook",
+        700,
+        cameras=((keys.CAMERA_SCENE, "sideview"), (keys.CAMERA_WRIST, "robot0_eye_in_hand")),
+        needs_robosuite15=True,
+    ),
+}
+
+FPS = 20
+
+
+def list_tasks() -> list[str]:
+    return list(TASKS)
+
+
+def task_groups() -> dict[str, list[str]]:
+    return {"robomimic": list(TASKS)}
+
+
+def sidecar_python() -> Path:
+    """The robosuite 1.5 sidecar interpreter made by scripts/setup_env.sh."""
+    override = os.environ.get("VLA_ROBOSUITE15_PYTHON")
+    if override:
+        return Path(override)
+    cache = Path(os.environ.get("VLA_CACHE_DIR", Path.home() / ".cache" / "vla-stack"))
+    return cache / "robosuite15" / "bin" / "python"
+
+
+def worker_python(task: str) -> str | None:
+    if not TASKS[task].needs_robosuite15:
+        return None
+    python = sidecar_python()
+    if not python.exists():
+        raise RuntimeError(
+            f"robomimic/{task} needs the robosuite 1.5 sidecar environment, not found at {python}. "
+            "Run `make setup` (scripts/setup_env.sh builds it) or set VLA_ROBOSUITE15_PYTHON."
+        )
+    return str(python)
+
+
+def _controller_config(robosuite_module):
+    """RoboMimic's OSC_POSE controller, in either robosuite API (1.4 or 1.5)."""
+    try:
+        from robosuite.controllers import load_controller_config  # robosuite 1.4
+
+        return load_controller_config(default_controller="OSC_POSE")
+    except ImportError:
+        from robosuite.controllers import load_composite_controller_config  # robosuite 1.5
+
+        return load_composite_controller_config(controller="BASIC")
+
+
+def _check_version(task: RobomimicTask, version: str) -> None:
+    if task.needs_robosuite15 and not version.startswith("1.5"):
+        raise RuntimeError(
+            f"{task.env_name} needs robosuite 1.5 (found {version}); make_env runs it in the sidecar venv"
+        )
+
+
+class RobomimicEnv(SingleEnv):
+    def __init__(self, config: EnvConfig):
+        robosuite = import_robosuite()
+
+        task_name = config.name.split("/", 1)[1]
+        self.task = TASKS[task_name]
+        _check_version(self.task, robosuite.__version__)
+        self.obs_mode = config.obs_mode
+        self.image_size = config.image_size
+        camera_map = dict(self.task.cameras)
+        wanted = config.cameras or tuple(camera_map)
+        unknown = [c for c in wanted if c not in camera_map]
+        if unknown:
+            raise ValueError(f"unknown camera(s) {unknown} for {config.name}; available: {', '.join(camera_map)}")
+        self.camera_map = camera_map
+        self.cameras = tuple(wanted) if config.obs_mode == "rgb" else ()
+        height, width = config.image_size
+        sim_cameras = [camera_map[c] for c in self.cameras]
+        robots = list(self.task.robots)
+        # Some objects are sized at model-build time from numpy's global RNG (Lift's cube).
+        # We build once and soft-reset (a hard reset re-creates the renderer: ~1.2 s), so seed
+        # the build: the same config gives the same objects.
+        np.random.seed(config.seed)
+        self._env = robosuite.make(
+            self.task.env_name,
+            robots=robots if len(robots) > 1 else robots[0],
+            controller_configs=_controller_config(robosuite),
+            has_renderer=False,
+            has_offscreen_renderer=True,  # render() works in every obs mode (videos)
+            use_camera_obs=bool(sim_cameras),
+            camera_names=sim_cameras or "agentview",
+            camera_heights=height,
+            camera_widths=width,
+            control_freq=FPS,
+            horizon=10**6,  # EpisodeRunner owns the time limit
+            ignore_done=True,
+            hard_reset=False,  # reloading the XML every episode costs ~0.5 s and changes nothing
+            reward_shaping=False,
+            **dict(self.task.env_kwargs),
+        )
+        low, high = self._env.action_spec
+        self._robot_prefixes = [f"robot{i}_" for i in range(len(robots))]
+        first = self._env.reset()
+        self.spec = EnvSpec(
+            name=config.name,
+            action_dim=int(low.shape[0]),
+            state_dim=16 * len(robots),
+            env_state_dim=int(first["object-state"].shape[0]),
+            max_episode_steps=config.max_episode_steps or self.task.horizon,
+            fps=FPS,
+            instruction=self.task.instruction,
+            obs_mode=config.obs_mode,
+            cameras=self.cameras,
+            render_cameras=tuple(camera_map),
+            image_size=tuple(config.image_size),
+            action_low=tuple(float(x) for x in low),
+            action_high=tuple(float(x) for x in high),
+            robot="panda" if len(robots) == 1 else "panda_x2",
+            extra={"robosuite_version": robosuite.__version__, "controller": "OSC_POSE", "reward": "sparse"},
+        )
+        self.last_raw_obs = first
+
+    @property
+    def raw(self):
+        return self._env
+
+    def _observation(self, raw: dict) -> dict:
+        self.last_raw_obs = raw
+        parts = []
+        for p in self._robot_prefixes:
+            parts += [
+                np.arctan2(raw[p + "joint_pos_sin"], raw[p + "joint_pos_cos"]),
+                raw[p + "eef_pos"],
+                raw[p + "eef_quat"],
+                raw[p + "gripper_qpos"],
+            ]
+        images = None
+        if self.cameras:
+            # robosuite renders with OpenGL's bottom-left origin: flip so the top row is first
+            images = {c: np.ascontiguousarray(raw[self.camera_map[c] + "_image"][::-1]) for c in self.cameras}
+        return make_observation(np.concatenate(parts), raw["object-state"], self.task.instruction, images)
+
+    def reset(self, seed: int) -> dict:
+        np.random.seed(seed)  # robosuite's placement samplers draw from numpy's global RNG
+        if hasattr(self._env, "rng"):  # robosuite 1.5 keeps its own generator
+            self._env.rng = np.random.default_rng(seed)
+            for sampler in _placement_samplers(self._env):
+                sampler.rng = self._env.rng
+        return self._observation(self._env.reset())
+
+    def step(self, action: np.ndarray):
+        raw, reward, _, _ = self._env.step(np.asarray(action, dtype=np.float64))
+        return self._observation(raw), float(reward), bool(self._env._check_success())
+
+    def render(self, camera: str) -> np.ndarray:
+        if camera not in self.camera_map:
+            raise ValueError(f"unknown camera {camera!r}; available: {', '.join(self.camera_map)}")
+        height, width = self.image_size
+        frame = self._env.sim.render(width=width, height=height, camera_name=self.camera_map[camera])
+        return np.ascontiguousarray(frame[::-1])
+
+    def close(self) -> None:
+        self._env.close()
+
+
+def _placement_samplers(env) -> list:
+    sampler = getattr(env, "placement_initializer", None)
+    if sampler is None:
+        return []
+    return [sampler, *getattr(sampler, "samplers", {}).values()]
+
+
+def build(config: EnvConfig) -> SingleEnv:
+    return RobomimicEnv(config)

@@ -1,0 +1,250 @@
+"""Batched environments: many ``EpisodeRunner``s behind one batched API.
+
+``SyncVectorEnv`` steps them in this process (cheapest for one env); ``SubprocVectorEnv``
+gives each its own process (ManiSkill refuses num_envs > 1 on its CPU backend, and MuJoCo
+is single-threaded), so stepping scales with the cores available. Both return:
+
+    obs     {key: (B, ...)} with ``task`` a list of B strings
+    reward  (B,) float32, summed over the executed part of each chunk
+    terminated, truncated  (B,) bool
+    info    {"success": (B,) bool, "steps": (B,) int, "final_observation": [obs | None] * B,
+             "episode": [stats | None] * B}
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import traceback
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sim.core import EnvConfig, EnvSpec, EpisodeRunner, validate_actions
+from vla import keys
+
+
+def stack_observations(observations: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    first = observations[0]
+    batch: dict[str, Any] = {}
+    for key in first:
+        if key == keys.TASK:
+            batch[key] = [o[key] for o in observations]
+        else:
+            batch[key] = np.stack([o[key] for o in observations])
+    return batch
+
+
+def _merge_step_results(results: Sequence[tuple]) -> tuple[dict[str, Any], np.ndarray, np.ndarray, np.ndarray, dict]:
+    obs = stack_observations([r[0] for r in results])
+    reward = np.array([r[1] for r in results], dtype=np.float32)
+    terminated = np.array([r[2] for r in results], dtype=bool)
+    truncated = np.array([r[3] for r in results], dtype=bool)
+    infos = [r[4] for r in results]
+    info = {
+        "success": np.array([i["success"] for i in infos], dtype=bool),
+        "steps": np.array([i["steps"] for i in infos], dtype=np.int64),
+        "episode_seed": np.array([i["episode_seed"] for i in infos], dtype=np.int64),
+        "final_observation": [i.get("final_observation") for i in infos],
+        "episode": [i.get("episode") for i in infos],
+    }
+    return obs, reward, terminated, truncated, info
+
+
+class VectorEnv:
+    """Common front of the batched envs: validation and the batched result format."""
+
+    spec: EnvSpec
+    num_envs: int
+
+    def step(self, actions: Any):
+        """Step every env with one action ``(B, A)`` or a chunk ``(B, H, A)``."""
+        chunk = validate_actions(actions, self.num_envs, self.spec.action_dim)
+        return _merge_step_results(self._step(chunk))
+
+    def reset(self, seed: int | None = None) -> dict[str, Any]:
+        return stack_observations(self._call_all("reset", [(seed,)] * self.num_envs))
+
+    def expert_actions(self) -> np.ndarray:
+        """One action per env from the task's scripted expert, run next to each simulator."""
+        return np.stack(self._call_all("expert_action", [()] * self.num_envs)).astype(np.float32)
+
+    def render(self, camera: str) -> np.ndarray:
+        """(B, H, W, 3) uint8 frames from a named camera, in any obs mode."""
+        return np.stack(self._call_all("render", [(camera,)] * self.num_envs))
+
+    def _step(self, chunk: np.ndarray) -> list[tuple]:
+        return self._call_all("step_chunk", [(c,) for c in chunk])
+
+    def _call_all(self, method: str, args: Sequence[tuple]) -> list[Any]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _Worker:
+    """What each env index holds: a runner and, on demand, its scripted expert."""
+
+    def __init__(self, config: EnvConfig, env_index: int):
+        from sim.registry import build_single_env
+
+        self.runner = EpisodeRunner(build_single_env(config), config, env_index)
+        self.expert = None
+        self._expert_episode = -1
+
+    def reset(self, seed):
+        return self.runner.reset(seed)
+
+    def step_chunk(self, chunk):
+        return self.runner.step_chunk(chunk)
+
+    def expert_action(self):
+        from sim.experts import make_expert
+
+        if self.expert is None:
+            self.expert = make_expert(self.runner.env.spec.name)
+        if self._expert_episode != self.runner.episode_index:
+            self.expert.reset(self.runner.env)
+            self._expert_episode = self.runner.episode_index
+        return self.expert.act(self.runner.env)
+
+    def render(self, camera):
+        return self.runner.env.render(camera)
+
+    def spec(self):
+        return self.runner.env.spec
+
+    def close(self):
+        self.runner.env.close()
+
+
+class SyncVectorEnv(VectorEnv):
+    def __init__(self, configs: Sequence[EnvConfig]):
+        self.workers = [_Worker(c, i) for i, c in enumerate(configs)]
+        self.num_envs = len(self.workers)
+        self.spec = self.workers[0].spec()
+
+    def _call_all(self, method, args):
+        return [getattr(w, method)(*a) for w, a in zip(self.workers, args, strict=True)]
+
+    def close(self):
+        for w in self.workers:
+            w.close()
+        self.workers = []
+
+
+def _worker_main(conn: Connection, config: EnvConfig, env_index: int) -> None:
+    try:
+        worker = _Worker(config, env_index)
+        conn.send(("ok", worker.spec()))
+    except BaseException:  # report construction errors to the parent instead of dying silently
+        conn.send(("error", traceback.format_exc()))
+        return
+    while True:
+        try:
+            method, args = conn.recv()
+        except (EOFError, KeyboardInterrupt):
+            break
+        if method == "close":
+            worker.close()
+            conn.send(("ok", None))
+            break
+        try:
+            conn.send(("ok", getattr(worker, method)(*args)))
+        except BaseException:
+            conn.send(("error", traceback.format_exc()))
+
+
+def _worker_entry() -> None:
+    """``python -m sim.vector <fd>``: serve one env over the inherited socket."""
+    fd = int(sys.argv[1])
+    conn = Connection(fd)
+    config, env_index = conn.recv()
+    _worker_main(conn, config, env_index)
+
+
+class SubprocVectorEnv(VectorEnv):
+    """One simulator per process, commands over a socket pair.
+
+    Workers are fresh interpreters (not forks), so each has its own rendering context and
+    no torch/OpenGL state is shared. A suite may ask for another interpreter (a sidecar
+    venv, e.g. robosuite 1.5 for the RoboMimic tasks robosuite 1.4 lacks) through
+    ``worker_python``; the wire format is plain pickled numpy, so both sides only need numpy.
+    """
+
+    def __init__(self, configs: Sequence[EnvConfig], python: str | None = None):
+        repo_root = str(Path(__file__).resolve().parents[1])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = repo_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self.conns: list[Connection] = []
+        self.procs: list[subprocess.Popen] = []
+        for i, config in enumerate(configs):
+            parent_sock, child_sock = socket.socketpair()
+            proc = subprocess.Popen(
+                [python or sys.executable, "-m", "sim.vector", str(child_sock.fileno())],
+                pass_fds=(child_sock.fileno(),),
+                env=env,
+                cwd=repo_root,
+            )
+            child_sock.close()
+            conn = Connection(parent_sock.detach())
+            conn.send((config, i))
+            self.conns.append(conn)
+            self.procs.append(proc)
+        self.num_envs = len(configs)
+        specs = self._receive_all()
+        self.spec = specs[0]
+
+    def _receive_all(self) -> list[Any]:
+        results, errors = [], []
+        for i, conn in enumerate(self.conns):
+            try:
+                status, payload = conn.recv()
+            except EOFError:
+                status, payload = "error", f"worker {i} exited (exit code {self.procs[i].poll()})"
+            if status == "error":
+                errors.append(f"[env {i}] {payload}")
+            results.append(payload)
+        if errors:
+            self.close()
+            raise RuntimeError("simulator worker failed:\n" + "\n".join(errors))
+        return results
+
+    def _call_all(self, method, args):
+        for conn, a in zip(self.conns, args, strict=True):
+            conn.send((method, a))
+        return self._receive_all()
+
+    def close(self):
+        for conn in self.conns:
+            try:
+                conn.send(("close", ()))
+                conn.recv()
+            except (BrokenPipeError, EOFError, OSError):
+                pass
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.conns, self.procs = [], []
+
+    def __del__(self):
+        if getattr(self, "procs", None):
+            self.close()
+
+
+if __name__ == "__main__":
+    _worker_entry()

@@ -1,0 +1,1 @@
+"""VLA robot-learning stack: core library (policies, datasets, CLI)."""

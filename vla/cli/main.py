@@ -1,0 +1,222 @@
+"""`vla`: one command, one verb per job.
+
+    vla demo                                   # the newcomer's main job (see README)
+    vla envs [--suite robomimic]               # what can be simulated, and which tasks have experts
+    vla collect --env robomimic/Lift --episodes 50 --out data/datasets/lift
+    vla dataset info data/datasets/lift
+    vla dataset export-zarr data/datasets/lift data/lift.zarr
+    vla dataset import-zarr data/lift.zarr data/datasets/lift_copy
+    vla bench sim
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from vla.cli.args import add_dataclass_arguments, config_from_args, config_to_json
+from vla.registry import Registry, UnknownNameError
+
+log = logging.getLogger("vla")
+
+
+@dataclass(frozen=True)
+class Verb:
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+VERBS: Registry[Verb] = Registry("verb")
+
+
+def quiet_third_party() -> None:
+    """Keep logs readable: encoder banners and per-episode HF progress bars say nothing useful."""
+    os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1: errors only
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import av
+
+        av.logging.set_level(av.logging.ERROR)  # "moving the moov atom" per encoded video
+    except (ImportError, AttributeError):  # pragma: no cover
+        pass
+    for name in ("robosuite", "libav", "mani_skill"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+# --------------------------------------------------------------------------- envs
+def _configure_envs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--suite", default=None, help="only this suite")
+    p.add_argument("--groups", action="store_true", help="also list task groups (MT10, LIBERO suites, ...)")
+
+
+def _run_envs(args: argparse.Namespace) -> int:
+    from sim import SUITES
+    from sim.experts import expert_tasks
+
+    names = [args.suite] if args.suite else SUITES.names()
+    for suite_name in names:
+        suite = SUITES.get(suite_name)
+        tasks = suite.tasks()
+        experts = set(expert_tasks(suite_name))
+        print(f"{suite_name}: {suite.description} ({len(tasks)} tasks)")
+        for task in tasks:
+            print(f"  {suite_name}/{task}{'  [expert]' if task in experts or '*' in experts else ''}")
+        if args.groups:
+            for group, members in suite.task_groups().items():
+                print(f"  group {group}: {len(members)} tasks")
+    return 0
+
+
+VERBS.add("envs", Verb("list simulator suites, tasks and scripted experts", _configure_envs, _run_envs))
+
+
+# --------------------------------------------------------------------------- collect
+def _configure_collect(p: argparse.ArgumentParser) -> None:
+    from sim.collect import CollectConfig
+
+    add_dataclass_arguments(p, CollectConfig)
+
+
+def _run_collect(args: argparse.Namespace) -> int:
+    from sim.collect import CollectConfig, collect
+
+    config = config_from_args(CollectConfig, args)
+    log.info("collect config:\n%s", config_to_json(config))
+    result = collect(config)
+    print(json.dumps(result.to_dict(), indent=2))
+    return 130 if result.interrupted else 0
+
+
+VERBS.add("collect", Verb("record scripted-expert demonstrations into a LeRobot v3 dataset", _configure_collect, _run_collect))
+
+
+# --------------------------------------------------------------------------- dataset
+def _configure_dataset(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="dataset_verb", required=True, metavar="{info,export-zarr,import-zarr}")
+    info = sub.add_parser("info", help="episodes, frames, features, fps, tasks")
+    info.add_argument("root", type=Path)
+    info.add_argument("--json", action="store_true", help="print JSON")
+    export = sub.add_parser("export-zarr", help="LeRobot dataset -> diffusion_policy zarr ReplayBuffer")
+    export.add_argument("root", type=Path)
+    export.add_argument("out", type=Path)
+    imp = sub.add_parser("import-zarr", help="zarr ReplayBuffer -> LeRobot v3 dataset (lossless PNG frames)")
+    imp.add_argument("zarr", type=Path)
+    imp.add_argument("out", type=Path)
+    imp.add_argument("--fps", type=int, default=None, help="needed when the zarr does not record it")
+    imp.add_argument("--task", default=None, help="instruction for every frame (default: from the zarr)")
+    imp.add_argument("--video", action="store_true", help="encode images as MP4 (lossy) instead of PNG")
+
+
+def format_dataset_info(info: dict) -> str:
+    lines = [
+        f"dataset   {info['root']}  ({info['codebase_version']}, robot {info['robot_type']})",
+        f"episodes  {info['episodes']}",
+        f"frames    {info['frames']}  ({info['frames'] / max(info['fps'], 1):.1f} s at {info['fps']} fps)",
+        f"tasks     {len(info['tasks'])}",
+    ]
+    lines += [f"  - {t}" for t in info["tasks"][:20]]
+    lines.append("features")
+    lines += [f"  {k:<34} {v['dtype']:<8} {tuple(v['shape'])}" for k, v in info["features"].items()]
+    return "\n".join(lines)
+
+
+def _run_dataset(args: argparse.Namespace) -> int:
+    if args.dataset_verb == "info":
+        from vla.datasets.lerobot_io import dataset_info
+
+        info = dataset_info(args.root)
+        print(json.dumps(info, indent=2) if args.json else format_dataset_info(info))
+    elif args.dataset_verb == "export-zarr":
+        from vla.datasets.zarr_io import export_zarr
+
+        print(json.dumps(export_zarr(args.root, args.out)))
+    else:
+        from vla.datasets.zarr_io import import_zarr
+
+        print(json.dumps(import_zarr(args.zarr, args.out, fps=args.fps, task=args.task, use_videos=args.video)))
+    return 0
+
+
+VERBS.add("dataset", Verb("inspect and convert datasets", _configure_dataset, _run_dataset))
+
+
+# --------------------------------------------------------------------------- bench
+def _configure_bench(p: argparse.ArgumentParser) -> None:
+    from sim.bench import BenchSimConfig
+
+    sub = p.add_subparsers(dest="bench_verb", required=True, metavar="{sim}")
+    add_dataclass_arguments(sub.add_parser("sim", help="raw simulator vs wrapper steps/s, subprocess scaling"), BenchSimConfig)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from sim.bench import BenchSimConfig, run_bench_sim
+
+    config = config_from_args(BenchSimConfig, args)
+    rows = run_bench_sim(config)
+    if config.out:
+        Path(config.out).write_text(json.dumps(rows, indent=2, default=str))
+    return 0
+
+
+VERBS.add("bench", Verb("benchmarks that print side-by-side ratios", _configure_bench, _run_bench))
+
+
+# --------------------------------------------------------------------------- demo
+def _configure_demo(p: argparse.ArgumentParser) -> None:
+    from vla.cli.demo import DemoConfig
+
+    add_dataclass_arguments(p, DemoConfig)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from vla.cli.demo import DemoConfig, run_demo
+
+    return run_demo(config_from_args(DemoConfig, args))
+
+
+VERBS.add("demo", Verb("the main job: demonstrations -> dataset -> summary + video", _configure_demo, _run_demo))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vla", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="verb", metavar="{" + ",".join(VERBS.names()) + "}")
+    for name in VERBS.names():
+        verb = VERBS.get(name)
+        verb.configure(sub.add_parser(name, help=verb.help, description=verb.help))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    quiet_third_party()
+    if not args.verb:
+        parser.print_help()
+        return 0
+    try:
+        return VERBS.get(args.verb).run(args)
+    except (UnknownNameError, ValueError, FileExistsError, FileNotFoundError) as err:
+        log.error("%s", err)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""LeRobot v3 datasets through the real ``lerobot`` package: create/append, episodes, info.
+
+Frames use the canonical keys of ``vla.keys``; one episode is buffered by the caller and
+written whole with ``EpisodeWriter.write_episode``, so a dataset on disk only ever holds
+complete episodes. ``close()`` (also run on Ctrl-C/SIGTERM by the callers' ``finally``)
+finalizes the parquet files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vla import keys
+
+log = logging.getLogger(__name__)
+
+CODEBASE_VERSION_PREFIX = "v3"
+
+
+class NotADatasetError(ValueError):
+    pass
+
+
+def repo_id_for(root: Path) -> str:
+    return f"local/{Path(root).resolve().name}"
+
+
+def is_lerobot_dataset(root: Path) -> bool:
+    info = Path(root) / "meta" / "info.json"
+    if not info.is_file():
+        return False
+    try:
+        return str(json.loads(info.read_text()).get("codebase_version", "")).startswith(CODEBASE_VERSION_PREFIX)
+    except (json.JSONDecodeError, OSError):
+        return False
+
+
+def check_dataset_dir(root: Path) -> None:
+    """Refuse a directory that exists, is not empty and is not a LeRobot v3 dataset."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise NotADatasetError(f"{root} exists and is not a directory; refusing to touch it")
+    if root.is_dir() and any(root.iterdir()) and not is_lerobot_dataset(root):
+        raise NotADatasetError(
+            f"{root} exists, is not empty and is not a LeRobot v3 dataset (no meta/info.json with "
+            "codebase_version v3.x). Refusing to write into it; choose another --out."
+        )
+
+
+def features_from_spec(
+    state_dim: int,
+    action_dim: int,
+    env_state_dim: int = 0,
+    cameras: Sequence[str] = (),
+    image_size: tuple[int, int] = (84, 84),
+    use_videos: bool = True,
+    state_names: Sequence[str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """LeRobot feature schema for our canonical keys."""
+    features: dict[str, dict[str, Any]] = {
+        keys.OBS_STATE: {"dtype": "float32", "shape": (state_dim,), "names": list(state_names) if state_names else None},
+        keys.ACTION: {"dtype": "float32", "shape": (action_dim,), "names": None},
+        keys.REWARD: {"dtype": "float32", "shape": (1,), "names": None},
+        keys.SUCCESS: {"dtype": "bool", "shape": (1,), "names": None},
+        keys.DONE: {"dtype": "bool", "shape": (1,), "names": None},
+    }
+    if env_state_dim:
+        features[keys.OBS_ENV_STATE] = {"dtype": "float32", "shape": (env_state_dim,), "names": None}
+    height, width = image_size
+    for camera in cameras:
+        features[keys.image_key(camera)] = {
+            "dtype": "video" if use_videos else "image",
+            "shape": (height, width, 3),
+            "names": ["height", "width", "channels"],
+        }
+    return features
+
+
+def _user_features(features: dict[str, dict]) -> dict[str, tuple]:
+    """Feature name -> (dtype class, shape), without LeRobot's bookkeeping columns."""
+    bookkeeping = {"timestamp", "frame_index", "episode_index", "index", "task_index"}
+    visual = {"image", "video"}
+    return {
+        k: ("visual" if v["dtype"] in visual else v["dtype"], tuple(v["shape"]))
+        for k, v in features.items()
+        if k not in bookkeeping
+    }
+
+
+class EpisodeWriter:
+    """Create a LeRobot v3 dataset, or append to an existing one with the same features."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        fps: int,
+        features: dict[str, dict[str, Any]],
+        robot_type: str | None = None,
+        use_videos: bool = True,
+    ):
+        from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+        self.root = Path(root)
+        check_dataset_dir(self.root)
+        repo_id = repo_id_for(self.root)
+        if is_lerobot_dataset(self.root):
+            self.dataset = LeRobotDataset.resume(repo_id, root=self.root)
+            existing = _user_features(self.dataset.meta.features)
+            wanted = _user_features(features)
+            if existing != wanted or self.dataset.meta.fps != fps:
+                self.dataset.finalize()
+                raise ValueError(
+                    f"cannot append to {self.root}: its features/fps differ from this run's.\n"
+                    f"  dataset: fps={self.dataset.meta.fps} {existing}\n  this run: fps={fps} {wanted}"
+                )
+            log.info("appending to %s (%d episodes already)", self.root, self.dataset.meta.total_episodes)
+        else:
+            if self.root.is_dir():  # empty directory: LeRobot wants to create it itself
+                shutil.rmtree(self.root)
+            self.dataset = LeRobotDataset.create(
+                repo_id, fps=fps, features=features, root=self.root, robot_type=robot_type, use_videos=use_videos
+            )
+        self.features = self.dataset.meta.features
+        self._closed = False
+
+    @property
+    def num_episodes(self) -> int:
+        return self.dataset.meta.total_episodes
+
+    def write_episode(self, frames: Sequence[dict[str, Any]]) -> None:
+        """Add every frame of one episode and save it (videos encoded now)."""
+        if not frames:
+            raise ValueError("an episode needs at least one frame")
+        for frame in frames:
+            self.dataset.add_frame(frame)
+        self.dataset.save_episode()
+
+    def close(self) -> None:
+        if not self._closed:
+            self.dataset.finalize()
+            self._closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def make_frame(obs: dict[str, Any], index: int, action: np.ndarray, reward: float, success: bool, done: bool,
+               features: dict[str, dict]) -> dict[str, Any]:
+    """One LeRobot frame from row ``index`` of a batched observation."""
+    frame: dict[str, Any] = {"task": obs[keys.TASK][index]}
+    for key in features:
+        if key in obs and key != keys.TASK:
+            frame[key] = obs[key][index]
+    frame[keys.ACTION] = np.asarray(action, dtype=np.float32)
+    frame[keys.REWARD] = np.array([reward], dtype=np.float32)
+    frame[keys.SUCCESS] = np.array([success], dtype=bool)
+    frame[keys.DONE] = np.array([done], dtype=bool)
+    return frame
+
+
+def load_dataset(root: str | Path, **kwargs):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    root = Path(root)
+    if not is_lerobot_dataset(root):
+        raise NotADatasetError(f"{root} is not a LeRobot v3 dataset (no meta/info.json with codebase_version v3.x)")
+    return LeRobotDataset(repo_id_for(root), root=root, **kwargs)
+
+
+def dataset_info(root: str | Path) -> dict[str, Any]:
+    """Summary of a dataset from its metadata (no frames decoded)."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+
+    root = Path(root)
+    if not is_lerobot_dataset(root):
+        raise NotADatasetError(f"{root} is not a LeRobot v3 dataset (no meta/info.json with codebase_version v3.x)")
+    meta = LeRobotDatasetMetadata(repo_id_for(root), root=root)
+    tasks = list(meta.tasks.index) if meta.tasks is not None else []
+    return {
+        "root": str(root),
+        "codebase_version": meta.info.get("codebase_version"),
+        "robot_type": meta.robot_type,
+        "fps": meta.fps,
+        "episodes": meta.total_episodes,
+        "frames": meta.total_frames,
+        "tasks": tasks,
+        "features": {k: {"dtype": v["dtype"], "shape": list(v["shape"])} for k, v in meta.features.items()},
+    }
