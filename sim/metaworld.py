@@ -122,6 +122,7 @@ class MetaWorldEnv(SingleEnv):
 
     def __init__(self, config: EnvConfig):
         import metaworld
+        import mujoco
 
         self.config = config
         self.task = config.name.split("/", 1)[1]
@@ -139,8 +140,6 @@ class MetaWorldEnv(SingleEnv):
         self._env.max_path_length = max(self._env.max_path_length, max_steps)
 
         model = self._env.model
-        import mujoco
-
         self._model_cameras = tuple(
             mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(model.ncam)
         )

@@ -6,6 +6,7 @@ the others.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 from collections.abc import Callable
@@ -37,6 +38,14 @@ class Suite:
     def build(self, config: EnvConfig) -> SingleEnv:
         return self._load().build(config)
 
+    def canonical_task(self, alias: str) -> str:
+        """The full task name for an alias the suite accepts; the alias itself otherwise."""
+        hook = getattr(self._load(), "canonical_task", None)
+        try:
+            return hook(alias) if hook else alias
+        except (KeyError, ValueError, IndexError):
+            return alias
+
     def worker_python(self, task: str) -> str | None:
         """Interpreter a task must run in, when it is not this one (a sidecar venv)."""
         hook = getattr(self._load(), "worker_python", None)
@@ -67,13 +76,17 @@ def split_name(name: str) -> tuple[Suite, str]:
     suite = SUITES.get(suite_name)
     tasks = suite.tasks()
     if task not in tasks:
+        task = suite.canonical_task(task)  # short aliases, e.g. libero/libero_spatial.0
+    if task not in tasks:
         raise UnknownNameError(unknown_name_message(f"{suite_name} task", task, tasks))
     return suite, task
 
 
 def build_single_env(config: EnvConfig) -> SingleEnv:
     check_obs_mode(config.obs_mode)
-    suite, _ = split_name(config.name)
+    suite, task = split_name(config.name)
+    if config.name != f"{suite.name}/{task}":
+        config = dataclasses.replace(config, name=f"{suite.name}/{task}")
     return suite.build(config)
 
 
@@ -121,6 +134,7 @@ def make_env(
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
     suite, task = split_name(name)
+    name = f"{suite.name}/{task}"
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     config = EnvConfig(
         name=name,

@@ -48,7 +48,7 @@ TASKS: dict[str, RobomimicTask] = {
             ("wrist_right", "robot1_eye_in_hand"),
         ),
         needs_robosuite15=True,
-        env_kwargs=(("env_configuration", "single-arm-opposed"),),
+        env_kwargs=(("env_configuration", "opposed"),),  # arms on either side of the tables
     ),
     "ToolHang": RobomimicTask(
         "ToolHang",
@@ -91,16 +91,24 @@ def worker_python(task: str) -> str | None:
     return str(python)
 
 
-def _controller_config(robosuite_module):
-    """RoboMimic's OSC_POSE controller, in either robosuite API (1.4 or 1.5)."""
-    try:
-        from robosuite.controllers import load_controller_config  # robosuite 1.4
+def _is_robosuite15(version: str) -> bool:
+    return tuple(int(x) for x in version.split(".")[:2]) >= (1, 5)
+
+
+def _controller_config(v15: bool) -> dict:
+    """RoboMimic's OSC_POSE arm controller (with its gripper), in robosuite 1.4's or 1.5's API."""
+    if not v15:
+        from robosuite.controllers import load_controller_config
 
         return load_controller_config(default_controller="OSC_POSE")
-    except ImportError:
-        from robosuite.controllers import load_composite_controller_config  # robosuite 1.5
+    from robosuite.controllers import load_composite_controller_config
 
-        return load_composite_controller_config(controller="BASIC")
+    # The Panda's default composite ("BASIC": OSC_POSE right arm + GRIP) takes deltas in the
+    # robot base frame; RoboMimic's robosuite 1.5 datasets (and 1.4's OSC) use the world frame,
+    # which differs for TwoArmTransport's arms, rotated by +-90 degrees.
+    config = load_composite_controller_config(robot="Panda")
+    config["body_parts"]["right"]["input_ref_frame"] = "world"
+    return config
 
 
 def _check_version(task: RobomimicTask, version: str) -> None:
@@ -117,6 +125,7 @@ class RobomimicEnv(SingleEnv):
         task_name = config.name.split("/", 1)[1]
         self.task = TASKS[task_name]
         _check_version(self.task, robosuite.__version__)
+        v15 = _is_robosuite15(robosuite.__version__)
         self.obs_mode = config.obs_mode
         self.image_size = config.image_size
         camera_map = dict(self.task.cameras)
@@ -129,14 +138,17 @@ class RobomimicEnv(SingleEnv):
         height, width = config.image_size
         sim_cameras = [camera_map[c] for c in self.cameras]
         robots = list(self.task.robots)
-        # Some objects are sized at model-build time from numpy's global RNG (Lift's cube).
-        # We build once and soft-reset (a hard reset re-creates the renderer: ~1.2 s), so seed
-        # the build: the same config gives the same objects.
+        # Some objects are sized at model-build time from a random generator (Lift's cube,
+        # Transport's hammer): numpy's global one in robosuite 1.4, the env's own (`seed`) in
+        # 1.5. We build once and soft-reset (a hard reset re-creates the renderer: ~1.2 s), so
+        # seed the build: the same config gives the same objects. robosuite 1.5's default
+        # `lite_physics` skips a forward pass per substep; RoboMimic's 1.5 datasets turn it off.
         np.random.seed(config.seed)
+        version_kwargs = {"seed": config.seed, "lite_physics": False} if v15 else {}
         self._env = robosuite.make(
             self.task.env_name,
             robots=robots if len(robots) > 1 else robots[0],
-            controller_configs=_controller_config(robosuite),
+            controller_configs=_controller_config(v15),
             has_renderer=False,
             has_offscreen_renderer=True,  # render() works in every obs mode (videos)
             use_camera_obs=bool(sim_cameras),
@@ -148,6 +160,7 @@ class RobomimicEnv(SingleEnv):
             ignore_done=True,
             hard_reset=False,  # reloading the XML every episode costs ~0.5 s and changes nothing
             reward_shaping=False,
+            **version_kwargs,
             **dict(self.task.env_kwargs),
         )
         low, high = self._env.action_spec
@@ -194,8 +207,10 @@ class RobomimicEnv(SingleEnv):
 
     def reset(self, seed: int) -> dict:
         np.random.seed(seed)  # robosuite's placement samplers draw from numpy's global RNG
-        if hasattr(self._env, "rng"):  # robosuite 1.5 keeps its own generator
-            self._env.rng = np.random.default_rng(seed)
+        if hasattr(self._env, "rng"):
+            # robosuite 1.5 keeps its own generator and hands it to the robots, the samplers and
+            # some objects (Transport's hammer draws its flip at every reset): reseed it in place
+            self._env.rng.bit_generator.state = np.random.default_rng(seed).bit_generator.state
             for sampler in _placement_samplers(self._env):
                 sampler.rng = self._env.rng
         return self._observation(self._env.reset())

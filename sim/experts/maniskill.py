@@ -265,7 +265,7 @@ class PegInsertionSideExpert(_PandaExpert):
         peg_p, peg_r = _pose(raw.peg.pose)
         if self.stage <= 2:
             peg_x = peg_r.apply([1.0, 0.0, 0.0])
-            grasp_point = peg_p - peg_x * (0.5 * self.half_len)  # between centre and tail
+            grasp_point = peg_p - peg_x * (0.75 * self.half_len)  # near the tail, clear of the box
             if self.stage == 0:
                 current = _yaw(self.tcp(env)[1] * Rotation.from_matrix(_DOWN).inv())
                 self.grasp_rot = _down_rotation(_closest_yaw(_yaw(peg_r), current, np.pi))
@@ -291,29 +291,37 @@ class PegInsertionSideExpert(_PandaExpert):
         head_p = peg_p + peg_r.apply([self.half_len, 0.0, 0.0])
         # head position in the hole frame: x along the insertion axis, y/z across it
         head_in_hole = hole_r.inv().apply(head_p - hole_p)
-        if self.stage == 3:  # lift clear of the table before turning
+        if self.stage == 3:  # lift clear of the table, already turning towards the hole axis
+            _, turn = self._tcp_target_for_peg(env, peg_p, hole_r)
             target = self.tcp(env)[0].copy()
             target[2] = max(target[2], hole_p[2], self.radius + 0.06)
             if abs(self.tcp(env)[0][2] - target[2]) < 0.02 or self.count > 8:
                 self.next_stage()
+                self.lateral = np.zeros(2)
             else:
-                return self.servo(env, target, self.grasp_rot, CLOSE)
+                return self.servo(env, target, turn, CLOSE)
+        # From here on the peg is steered on the hole axis. The arm sags under the load, so
+        # the remaining sideways error (hole frame y/z) is integrated into the target.
+        if abs(head_in_hole[0]) < 0.15:
+            self.lateral = np.clip(self.lateral + 0.5 * head_in_hole[1:], -0.01, 0.01)
+        correction = -hole_r.apply([0.0, *(head_in_hole[1:] + self.lateral)])
         if self.stage == 4:  # line up in front of the hole: head a few cm outside the entrance
             standoff = self.half_len + 0.04
             want_p = hole_p - hole_x * (standoff + self.half_len)
             tcp_p, tcp_r = self._tcp_target_for_peg(env, want_p, hole_r)
             yz_err = np.linalg.norm(head_in_hole[1:])
             peg_axis_err = np.linalg.norm((hole_r * peg_r.inv()).as_rotvec())
-            if (yz_err < 0.003 and peg_axis_err < 0.03 and head_in_hole[0] < -self.half_len) or self.count > 45:
+            if (yz_err < 0.002 and peg_axis_err < 0.02 and head_in_hole[0] < -self.half_len) or self.count > 45:
                 self.next_stage()
             else:
-                return self.servo(env, tcp_p, tcp_r, CLOSE, max_pos=0.6)
-        # insert: slide along the hole axis while holding y/z on the axis
-        depth = min(head_in_hole[0] + 0.02, 0.0)
+                return self.servo(env, tcp_p + correction, tcp_r, CLOSE, max_pos=0.6)
+        # insert: slide along the hole axis (past the success depth) holding y/z on the axis
+        outside = head_in_hole[0] < -self.half_len + 0.005
+        step = 0.0 if outside and np.linalg.norm(head_in_hole[1:]) > 0.0015 else 0.02  # wait to re-centre
+        depth = min(head_in_hole[0] + step, 0.01)
         want_p = hole_p + hole_x * (depth - self.half_len)
         tcp_p, tcp_r = self._tcp_target_for_peg(env, want_p, hole_r)
-        return self.servo(env, tcp_p, tcp_r, CLOSE, max_pos=0.25)
-
+        return self.servo(env, tcp_p + correction, tcp_r, CLOSE, max_pos=0.25)
 
 EXPERTS = {
     "PickCube-v1": PickCubeExpert,

@@ -106,7 +106,7 @@ VERBS.add("collect", Verb("record scripted-expert demonstrations into a LeRobot 
 
 # --------------------------------------------------------------------------- dataset
 def _configure_dataset(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="dataset_verb", required=True, metavar="{info,export-zarr,import-zarr}")
+    sub = p.add_subparsers(dest="dataset_verb", required=True, metavar="{info,export-zarr,import-zarr,download}")
     info = sub.add_parser("info", help="episodes, frames, features, fps, tasks")
     info.add_argument("root", type=Path)
     info.add_argument("--json", action="store_true", help="print JSON")
@@ -119,6 +119,10 @@ def _configure_dataset(p: argparse.ArgumentParser) -> None:
     imp.add_argument("--fps", type=int, default=None, help="needed when the zarr does not record it")
     imp.add_argument("--task", default=None, help="instruction for every frame (default: from the zarr)")
     imp.add_argument("--video", action="store_true", help="encode images as MP4 (lossy) instead of PNG")
+    dl = sub.add_parser("download", help="fetch a public LeRobot v3 dataset from the Hugging Face Hub (network)")
+    dl.add_argument("repo_id", help="e.g. HuggingFaceVLA/libero")
+    dl.add_argument("out", type=Path)
+    dl.add_argument("--revision", default=None)
 
 
 def format_dataset_info(info: dict) -> str:
@@ -140,6 +144,10 @@ def _run_dataset(args: argparse.Namespace) -> int:
 
         info = dataset_info(args.root)
         print(json.dumps(info, indent=2) if args.json else format_dataset_info(info))
+    elif args.dataset_verb == "download":
+        from vla.datasets.lerobot_io import download_dataset
+
+        print(format_dataset_info(download_dataset(args.repo_id, args.out, args.revision)))
     elif args.dataset_verb == "export-zarr":
         from vla.datasets.zarr_io import export_zarr
 
@@ -213,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return VERBS.get(args.verb).run(args)
-    except (UnknownNameError, ValueError, FileExistsError, FileNotFoundError) as err:
+    except (UnknownNameError, ValueError, FileExistsError, FileNotFoundError, RuntimeError) as err:
         log.error("%s", err)
         return 2
 

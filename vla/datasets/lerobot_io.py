@@ -196,3 +196,28 @@ def dataset_info(root: str | Path) -> dict[str, Any]:
         "tasks": tasks,
         "features": {k: {"dtype": v["dtype"], "shape": list(v["shape"])} for k, v in meta.features.items()},
     }
+
+
+def download_dataset(repo_id: str, out: str | Path, revision: str | None = None) -> dict[str, Any]:
+    """Fetch a public LeRobot dataset from the Hugging Face Hub into ``out`` (needs network).
+
+    Datasets still in LeRobot's v2.1 layout are refused with the converter to run.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    out = Path(out)
+    check_dataset_dir(out)
+    try:
+        snapshot_download(repo_id, repo_type="dataset", local_dir=out, revision=revision)
+    except OfflineModeIsEnabled as err:
+        raise RuntimeError(
+            f"cannot download {repo_id}: the Hugging Face Hub is offline here (HF_HUB_OFFLINE=1). "
+            "Run with network access and HF_HUB_OFFLINE=0."
+        ) from err
+    if not is_lerobot_dataset(out):
+        raise NotADatasetError(
+            f"{repo_id} downloaded to {out} but is not in LeRobot's v3 layout; convert it with "
+            f"`python -m lerobot.datasets.v30.convert_dataset_v21_to_v30 --repo-id={repo_id} --root={out}`"
+        )
+    return dataset_info(out)

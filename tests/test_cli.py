@@ -1,0 +1,59 @@
+"""The `vla` console script, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+
+def vla(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["vla", *args], capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"vla {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_help_lists_verbs():
+    out = vla("--help").stdout
+    for verb in ("collect", "dataset", "bench", "demo", "envs"):
+        assert verb in out
+
+
+def test_unknown_env_lists_what_exists():
+    proc = vla("collect", "--env", "robomimic/Lfit", "--episodes", "1", "--out", "/tmp/never", check=False)
+    assert proc.returncode == 2
+    assert "Did you mean 'Lift'" in proc.stderr and "PickPlaceCan" in proc.stderr
+
+
+def test_dataset_info_on_a_non_dataset_is_an_error(tmp_path):
+    proc = vla("dataset", "info", str(tmp_path), check=False)
+    assert proc.returncode == 2 and "not a LeRobot v3 dataset" in proc.stderr
+
+
+def test_dataset_info_prints_summary(lift_dataset):
+    text = vla("dataset", "info", str(lift_dataset)).stdout
+    assert "episodes  2" in text and "observation.images.scene" in text and "lift the red cube" in text
+    info = json.loads(vla("dataset", "info", str(lift_dataset), "--json").stdout)
+    assert info["episodes"] == 2 and info["fps"] == 20
+
+
+def test_envs_marks_experts():
+    out = vla("envs", "--suite", "robomimic").stdout
+    assert "robomimic/Lift  [expert]" in out and "robomimic/ToolHang" in out
+
+
+@pytest.mark.slow
+def test_bench_sim_prints_ratio_table():
+    out = vla("bench", "sim", "--envs", "robomimic/Lift", "--steps", "30", "--rounds", "1",
+              "--max-workers", "2", "--scaling-steps", "20").stdout
+    row = next(line for line in out.splitlines() if line.startswith("| robomimic/Lift"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    raw, wrapped, ratio = float(cells[1]), float(cells[2]), float(cells[3])
+    assert raw > 0 and wrapped > 0 and ratio == pytest.approx(wrapped / raw, rel=0.01)
+
+
+def test_hub_download_offline_says_why(tmp_path):
+    proc = vla("dataset", "download", "HuggingFaceVLA/libero", str(tmp_path / "libero"), check=False)
+    assert proc.returncode == 2 and "offline" in proc.stderr
