@@ -132,7 +132,7 @@ if ! (cd / && "$VENV/bin/python" -c "import vla, pathlib, sys; sys.exit(pathlib.
     "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e "$REPO_ROOT" >&2
 fi
 
-# ---------------------------------------------------------------- 3b. robosuite 1.5 sidecar venv
+# ---------------------------------------------------------------- 5. robosuite 1.5 sidecar venv
 # RoboMimic's TwoArmTransport and ToolHang exist only in robosuite >= 1.5, which cannot live
 # beside the robosuite 1.4 that LIBERO pins, so sim/robomimic.py runs them in subprocess
 # workers of this small venv (its interpreter is found at $CACHE_DIR/robosuite15/bin/python).
@@ -159,7 +159,7 @@ if [ "$(cat "$SIDECAR/.pins" 2>/dev/null)" != "$SIDECAR_PINS" ]; then
     echo "$SIDECAR_PINS" >"$SIDECAR/.pins"
 fi
 
-# ---------------------------------------------------------------- 4. environment for callers
+# ---------------------------------------------------------------- 6. environment for callers
 echo "export VIRTUAL_ENV='$VENV'"
 echo "export PATH='$VENV/bin':\"\$PATH\""
 echo "export AMENT_PREFIX_PATH='$VENV'"

@@ -265,7 +265,7 @@ class PegInsertionSideExpert(_PandaExpert):
         peg_p, peg_r = _pose(raw.peg.pose)
         if self.stage <= 2:
             peg_x = peg_r.apply([1.0, 0.0, 0.0])
-            grasp_point = peg_p - peg_x * (0.75 * self.half_len)  # near the tail, clear of the box
+            grasp_point = peg_p - peg_x * (0.6 * self.half_len)  # towards the tail: hand clear of the box
             if self.stage == 0:
                 current = _yaw(self.tcp(env)[1] * Rotation.from_matrix(_DOWN).inv())
                 self.grasp_rot = _down_rotation(_closest_yaw(_yaw(peg_r), current, np.pi))
