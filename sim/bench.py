@@ -1,9 +1,8 @@
 """`vla bench sim`: raw simulator vs our wrapper steps/s, side by side in one run.
 
 For each backend: (1) the simulator's own ``step`` on the very object our adapter wraps
-(``SingleEnv.raw_step``), (2) the full batched API ``make_env(num_envs=1).step`` with the
-same actions and the same episode boundaries, interleaved in alternating rounds so machine
-noise hits both alike; then (3) subprocess vector envs at 1..N workers for scaling.
+(``SingleEnv.raw_step``), (2) the full batched API ``make_env(num_envs=1).step``, the two
+alternating step by step on the same simulator so machine noise hits both alike; then (3) subprocess vector envs at 1..N workers for scaling.
 """
 
 from __future__ import annotations
@@ -25,8 +24,8 @@ DEFAULT_BENCH_ENVS = (
 @dataclass
 class BenchSimConfig:
     envs: tuple[str, ...] = field(default=DEFAULT_BENCH_ENVS, metadata={"help": "envs to measure"})
-    steps: int = field(default=300, metadata={"help": "steps per measurement round"})
-    rounds: int = field(default=3, metadata={"help": "alternating raw/wrapper rounds (best round is kept)"})
+    steps: int = field(default=100, metadata={"help": "steps per episode (each applied raw, then wrapped)"})
+    rounds: int = field(default=10, metadata={"help": "episodes"})
     obs_mode: str = field(default="state", metadata={"help": "state or rgb"})
     image_size: int = 84
     max_workers: int = field(default=0, metadata={"help": "subprocess scaling up to this many workers (0: cores)"})
@@ -43,30 +42,33 @@ def _random_actions(spec, count: int, seed: int) -> np.ndarray:
 
 
 def measure_raw_vs_wrapper(name: str, config: BenchSimConfig) -> dict:
+    """Step the same simulator alternately through its own API and through ours.
+
+    Each action is applied once with ``raw_step`` and once with ``env.step``, timed
+    separately, so both totals see the same machine load at millisecond scale. Episodes of
+    ``steps`` steps start with an (untimed) reset.
+    """
     from sim import make_env
 
-    horizon = 100  # both loops reset at the same step counts
     env = make_env(name, num_envs=1, obs_mode=config.obs_mode, image_size=config.image_size, seed=config.seed,
-                   vectorization="sync", terminate_on_success=False, max_episode_steps=horizon)
+                   vectorization="sync", terminate_on_success=False, max_episode_steps=2 * config.steps + 1)
     single = env.workers[0].runner.env
     actions = _random_actions(env.spec, config.steps, config.seed)
-    batched = actions[:, None, :]
-    raw_rates, wrapped_rates = [], []
-    for _ in range(config.rounds):
-        single.raw_reset(config.seed)
-        start = time.perf_counter()
-        for i, action in enumerate(actions):
-            if i and i % horizon == 0:
-                single.raw_reset(config.seed)
+    raw_time = wrapped_time = 0.0
+    clock = time.perf_counter
+    for episode in range(config.rounds):
+        env.reset(seed=config.seed + episode)
+        for action in actions:
+            t0 = clock()
             single.raw_step(action)
-        raw_rates.append(config.steps / (time.perf_counter() - start))
-        env.reset(seed=config.seed)
-        start = time.perf_counter()
-        for action in batched:
-            env.step(action[None])
-        wrapped_rates.append(config.steps / (time.perf_counter() - start))
+            t1 = clock()
+            env.step(action[None, None, :])
+            t2 = clock()
+            raw_time += t1 - t0
+            wrapped_time += t2 - t1
     env.close()
-    raw, wrapped = max(raw_rates), max(wrapped_rates)
+    total = config.steps * config.rounds
+    raw, wrapped = total / raw_time, total / wrapped_time
     return {"env": name, "raw_steps_per_s": raw, "wrapper_steps_per_s": wrapped, "ratio": wrapped / raw}
 
 
@@ -93,7 +95,8 @@ def run_bench_sim(config: BenchSimConfig) -> list[dict]:
     max_workers = config.max_workers or os.cpu_count() or 1
     workers = sorted({1, *range(2, max_workers + 1)})
     rows = []
-    print(f"raw vs wrapper: best of {config.rounds} alternating rounds of {config.steps} steps, obs_mode={config.obs_mode}; "
+    print(f"raw vs wrapper: {config.rounds} episodes x {config.steps} steps, each step applied raw then wrapped "
+          f"on the same simulator, obs_mode={config.obs_mode}; "
           f"subprocess columns: total env steps/s with N workers ({os.cpu_count()} cores)")
     print(table_header(workers), flush=True)
     for name in config.envs:

@@ -92,10 +92,7 @@ class SingleEnv(abc.ABC):
         """The underlying simulator object (for scripted experts)."""
         raise NotImplementedError
 
-    # The simulator's own API without our wrapper, for `vla bench sim`'s side-by-side numbers.
-    def raw_reset(self, seed: int) -> None:
-        self.raw.reset()
-
+    # The simulator's own step without our wrapper, for `vla bench sim`'s side-by-side numbers.
     def raw_step(self, action: np.ndarray) -> None:
         self.raw.step(action)
 

@@ -46,7 +46,7 @@ def test_envs_marks_experts():
 
 @pytest.mark.slow
 def test_bench_sim_prints_ratio_table():
-    out = vla("bench", "sim", "--envs", "robomimic/Lift", "--steps", "30", "--rounds", "1",
+    out = vla("bench", "sim", "--envs", "robomimic/Lift", "--steps", "20", "--rounds", "2",
               "--max-workers", "2", "--scaling-steps", "20").stdout
     row = next(line for line in out.splitlines() if line.startswith("| robomimic/Lift"))
     cells = [c.strip() for c in row.strip("|").split("|")]

@@ -148,3 +148,14 @@ def test_dataset_path_that_is_a_file_is_refused(tmp_path):
     f.write_text("x")
     with pytest.raises(NotADatasetError):
         collect(CollectConfig(env="robomimic/Lift", episodes=1, out=Path(f)))
+
+
+@pytest.mark.parametrize("env_name", ["maniskill/PickCube-v1", "metaworld/reach-v3"])
+def test_collect_works_for_every_suite_with_an_expert(tmp_path, env_name):
+    out = tmp_path / env_name.replace("/", "_")
+    result = collect(CollectConfig(env=env_name, episodes=1, out=out, num_envs=1, obs_mode="rgb", image_size=32))
+    assert result.written == 1
+    info = dataset_info(out)
+    assert info["episodes"] == 1 and keys.image_key("scene") in info["features"]
+    item = load_dataset(out)[0]
+    assert item[keys.image_key("scene")].shape == (3, 32, 32)

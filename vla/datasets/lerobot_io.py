@@ -203,18 +203,16 @@ def download_dataset(repo_id: str, out: str | Path, revision: str | None = None)
 
     Datasets still in LeRobot's v2.1 layout are refused with the converter to run.
     """
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import OfflineModeIsEnabled
+    from huggingface_hub import constants, snapshot_download
 
     out = Path(out)
     check_dataset_dir(out)
-    try:
-        snapshot_download(repo_id, repo_type="dataset", local_dir=out, revision=revision)
-    except OfflineModeIsEnabled as err:
+    if constants.HF_HUB_OFFLINE:
         raise RuntimeError(
-            f"cannot download {repo_id}: the Hugging Face Hub is offline here (HF_HUB_OFFLINE=1). "
-            "Run with network access and HF_HUB_OFFLINE=0."
-        ) from err
+            f"cannot download {repo_id}: the Hugging Face Hub is offline here (HF_HUB_OFFLINE=1, the default "
+            "of this stack). With network access, run again with HF_HUB_OFFLINE=0."
+        )
+    snapshot_download(repo_id, repo_type="dataset", local_dir=out, revision=revision)
     if not is_lerobot_dataset(out):
         raise NotADatasetError(
             f"{repo_id} downloaded to {out} but is not in LeRobot's v3 layout; convert it with "
