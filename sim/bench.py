@@ -119,3 +119,61 @@ def format_row(row: dict, workers: list[int]) -> str:
         f"| {row['env']} | {row['raw_steps_per_s']:.0f} | {row['wrapper_steps_per_s']:.0f} | "
         f"{row['ratio']:.3f} | {100 * (1 - row['ratio']):.1f}% | {scaling} |"
     )
+
+
+DEFAULT_EXPERT_ENVS = (
+    "robomimic/Lift",
+    "robomimic/PickPlaceCan",
+    "maniskill/PickCube-v1",
+    "maniskill/PushCube-v1",
+    "maniskill/StackCube-v1",
+    "maniskill/PegInsertionSide-v1",
+    "metaworld/pick-place-v3",
+)
+
+
+@dataclass
+class BenchExpertsConfig:
+    envs: tuple[str, ...] = field(default=DEFAULT_EXPERT_ENVS, metadata={"help": "envs whose experts to measure"})
+    episodes: int = field(default=50, metadata={"help": "episodes per env"})
+    num_envs: int = field(default=2, metadata={"help": "parallel simulators"})
+    seed: int = 0
+    out: str | None = field(default=None, metadata={"help": "write the table as JSON here"})
+
+
+def measure_expert(name: str, episodes: int, num_envs: int, seed: int) -> dict:
+    """Success rate of a scripted expert over the first ``episodes`` finished episodes."""
+    from sim import make_env
+
+    finished: list[dict] = []
+    env = make_env(name, num_envs=num_envs, seed=seed)
+    start = time.perf_counter()
+    try:
+        env.reset()
+        while len(finished) < episodes:
+            _, _, _, _, info = env.step(env.expert_actions())
+            finished += [e for e in info["episode"] if e]
+    finally:
+        env.close()
+    finished = sorted(finished, key=lambda e: (e["index"], e["seed"]))[:episodes]
+    successes = sum(e["success"] for e in finished)
+    return {
+        "env": name,
+        "episodes": len(finished),
+        "successes": successes,
+        "success_rate": successes / len(finished),
+        "mean_length": float(np.mean([e["length"] for e in finished])),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def run_bench_experts(config: BenchExpertsConfig) -> list[dict]:
+    print(f"scripted experts: {config.episodes} episodes each, seed {config.seed}, {config.num_envs} parallel envs")
+    print("| env | success | rate | mean length | wall s |\n|---|---|---|---|---|", flush=True)
+    rows = []
+    for name in config.envs:
+        row = measure_expert(name, config.episodes, config.num_envs, config.seed)
+        rows.append(row)
+        print(f"| {name} | {row['successes']}/{row['episodes']} | {100 * row['success_rate']:.0f}% | "
+              f"{row['mean_length']:.1f} | {row['seconds']:.0f} |", flush=True)
+    return rows

@@ -188,6 +188,9 @@ class SubprocVectorEnv(VectorEnv):
         repo_root = str(Path(__file__).resolve().parents[1])
         env = dict(os.environ)
         env["PYTHONPATH"] = repo_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        # one simulator per core: a worker's torch/OpenMP thread pool would only fight the others
+        env.setdefault("OMP_NUM_THREADS", "1")
+        env.setdefault("MKL_NUM_THREADS", "1")
         self.conns: list[Connection] = []
         self.procs: list[subprocess.Popen] = []
         for i, config in enumerate(configs):

@@ -7,6 +7,7 @@
     vla dataset export-zarr data/datasets/lift data/lift.zarr
     vla dataset import-zarr data/lift.zarr data/datasets/lift_copy
     vla bench sim
+    vla bench experts
 """
 
 from __future__ import annotations
@@ -163,18 +164,26 @@ VERBS.add("dataset", Verb("inspect and convert datasets", _configure_dataset, _r
 
 
 # --------------------------------------------------------------------------- bench
-def _configure_bench(p: argparse.ArgumentParser) -> None:
-    from sim.bench import BenchSimConfig
+def _bench_suites() -> dict[str, tuple[type, Callable, str]]:
+    from sim.bench import BenchExpertsConfig, BenchSimConfig, run_bench_experts, run_bench_sim
 
-    sub = p.add_subparsers(dest="bench_verb", required=True, metavar="{sim}")
-    add_dataclass_arguments(sub.add_parser("sim", help="raw simulator vs wrapper steps/s, subprocess scaling"), BenchSimConfig)
+    return {
+        "sim": (BenchSimConfig, run_bench_sim, "raw simulator vs wrapper steps/s, subprocess scaling"),
+        "experts": (BenchExpertsConfig, run_bench_experts, "success rate of each scripted expert"),
+    }
+
+
+def _configure_bench(p: argparse.ArgumentParser) -> None:
+    suites = _bench_suites()
+    sub = p.add_subparsers(dest="bench_verb", required=True, metavar="{" + ",".join(suites) + "}")
+    for name, (config_cls, _, help_text) in suites.items():
+        add_dataclass_arguments(sub.add_parser(name, help=help_text), config_cls)
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from sim.bench import BenchSimConfig, run_bench_sim
-
-    config = config_from_args(BenchSimConfig, args)
-    rows = run_bench_sim(config)
+    config_cls, run, _ = _bench_suites()[args.bench_verb]
+    config = config_from_args(config_cls, args)
+    rows = run(config)
     if config.out:
         Path(config.out).write_text(json.dumps(rows, indent=2, default=str))
     return 0
