@@ -23,19 +23,22 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class CollectConfig:
-    env: str = "robomimic/Lift"
-    episodes: int = 50  # episodes to add to the dataset
-    out: Path = Path("data/datasets/robomimic_Lift")
-    num_envs: int = 2
-    obs_mode: str = "rgb"
-    image_size: int = 84
-    cameras: tuple[str, ...] | None = None
+    env: str = field(default="robomimic/Lift", metadata={"help": "<suite>/<task> with a scripted expert (vla envs)"})
+    episodes: int = field(default=50, metadata={"help": "episodes to add to the dataset"})
+    out: Path | None = field(default=None, metadata={"help": "dataset directory; default data/datasets/<suite>_<task>"})
+    num_envs: int = field(default=2, metadata={"help": "parallel simulators (subprocesses)"})
+    obs_mode: str = field(default="rgb", metadata={"help": "rgb (cameras + state) or state"})
+    image_size: int = field(default=84, metadata={"help": "camera images are image_size x image_size"})
+    cameras: tuple[str, ...] | None = field(default=None, metadata={"help": "camera roles; default: all of the task's"})
     seed: int = 0
-    keep_failures: bool = False
-    max_attempts: int | None = None  # stop after this many episodes even if too few succeeded
-    video: bool = True  # images as MP4 (LeRobot default) or as PNG frames (lossless)
-    max_episode_steps: int | None = None
-    vectorization: str = "auto"
+    keep_failures: bool = field(default=False, metadata={"help": "also keep episodes the expert failed"})
+    max_attempts: int | None = field(default=None, metadata={"help": "give up after this many episodes"})
+    video: bool = field(default=True, metadata={"help": "images as MP4 (LeRobot default) or PNG frames (lossless)"})
+    max_episode_steps: int | None = field(default=None, metadata={"help": "default: the task's own horizon"})
+    vectorization: str = field(default="auto", metadata={"help": "auto, sync, subprocess or gpu"})
+
+    def output_dir(self) -> Path:
+        return Path(self.out) if self.out else Path("data/datasets") / self.env.replace("/", "_")
 
 
 @dataclass
@@ -83,8 +86,13 @@ class _TerminateAsInterrupt:
 def collect(config: CollectConfig) -> CollectResult:
     from sim import make_env
 
-    out = Path(config.out)
+    from sim.experts import make_expert
+    from sim.registry import split_name
+
+    out = config.output_dir()
     check_dataset_dir(out)  # refuse before starting any simulator
+    suite, task = split_name(config.env)  # an unknown name fails here, listing what exists
+    make_expert(f"{suite.name}/{task}")  # so does a task without a scripted expert
     result = CollectResult(out=out)
     started = time.perf_counter()
     max_attempts = config.max_attempts or max(4 * config.episodes, config.episodes + 20)

@@ -208,6 +208,13 @@ class LiberoEnv(SingleEnv):
         self._last_raw = raw
         return self._observation(raw), float(reward), bool(done)  # LIBERO's done is its success check
 
+    def raw_step(self, action: np.ndarray) -> None:
+        """LIBERO's step plus, in rgb mode, robosuite's own renders of the same cameras."""
+        self._env.step(action)
+        height, width = self.spec.image_size
+        for camera in self._obs_cameras:
+            self._robosuite.sim.render(camera_name=CAMERAS.get(camera, camera), width=width, height=height)
+
     def render(self, camera: str) -> np.ndarray:
         name = CAMERAS.get(camera, camera)
         if name not in self._model_cameras:

@@ -200,6 +200,14 @@ class MetaWorldEnv(SingleEnv):
         self.last_raw_obs = raw
         return self._observation(raw), float(reward), bool(info["success"])
 
+    def raw_step(self, action: np.ndarray) -> None:
+        """Meta-World's step plus, in rgb mode, MuJoCo's own renders of the same cameras."""
+        self._env.step(action)
+        for camera in self._obs_cameras:
+            renderer = self._renderer or self._make_renderer()
+            renderer.update_scene(self._env.data, camera=self._roles.get(camera, camera))
+            renderer.render()
+
     def render(self, camera: str) -> np.ndarray:
         name = self._roles.get(camera, camera)
         if name not in self._model_cameras:

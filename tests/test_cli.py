@@ -57,3 +57,10 @@ def test_bench_sim_prints_ratio_table():
 def test_hub_download_offline_says_why(tmp_path):
     proc = vla("dataset", "download", "HuggingFaceVLA/libero", str(tmp_path / "libero"), check=False)
     assert proc.returncode == 2 and "offline" in proc.stderr
+
+
+def test_collect_without_expert_lists_tasks_with_experts(tmp_path):
+    proc = vla("collect", "--env", "libero/libero_spatial.0", "--episodes", "1", "--out", str(tmp_path / "x"), check=False)
+    assert proc.returncode == 2
+    assert "LIBERO has no scripted experts" in proc.stderr and "robomimic/Lift" in proc.stderr
+    assert not (tmp_path / "x").exists()
