@@ -23,32 +23,41 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
+def add_dataclass_arguments(parser: argparse.ArgumentParser, config_cls: type, prefix: str = "") -> None:
+    """Nested dataclass fields become dotted flags: ``--policy.head meanflow``."""
     hints = typing.get_type_hints(config_cls)
     for field in dataclasses.fields(config_cls):
-        tp, optional = _unwrap_optional(hints[field.name])
-        flag = "--" + field.name.replace("_", "-")
+        tp, _ = _unwrap_optional(hints[field.name])
+        if dataclasses.is_dataclass(tp):
+            add_dataclass_arguments(parser, tp, prefix=f"{prefix}{field.name}.")
+            continue
+        dest = prefix + field.name
+        flag = "--" + prefix + field.name.replace("_", "-")
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
         help_text = field.metadata.get("help", "")
         help_text = f"{help_text} (default: {default})".strip()
         if tp is bool:
-            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif typing.get_origin(tp) is tuple:
             item = typing.get_args(tp)[0]
-            parser.add_argument(flag, dest=field.name, nargs="+", type=item, default=default, help=help_text)
+            parser.add_argument(flag, dest=dest, nargs="+", type=item, default=default, help=help_text)
         elif typing.get_origin(tp) is dict:
-            parser.add_argument(flag, dest=field.name, type=json.loads, default=default, help=help_text + " (JSON)")
+            parser.add_argument(flag, dest=dest, type=json.loads, default=default, help=help_text + " (JSON)")
         else:
             converter = Path if tp is Path else tp
-            parser.add_argument(flag, dest=field.name, type=converter, default=default, help=help_text)
-        del optional
+            parser.add_argument(flag, dest=dest, type=converter, default=default, help=help_text)
 
 
-def config_from_args(config_cls: type, args: argparse.Namespace):
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)}
-    for name, value in values.items():
-        if isinstance(value, list):
-            values[name] = tuple(value)
+def config_from_args(config_cls: type, args: argparse.Namespace, prefix: str = ""):
+    hints = typing.get_type_hints(config_cls)
+    values = {}
+    for field in dataclasses.fields(config_cls):
+        tp, _ = _unwrap_optional(hints[field.name])
+        if dataclasses.is_dataclass(tp):
+            values[field.name] = config_from_args(tp, args, prefix=f"{prefix}{field.name}.")
+            continue
+        value = getattr(args, prefix + field.name)
+        values[field.name] = tuple(value) if isinstance(value, list) else value
     return config_cls(**values)
 
 

@@ -6,6 +6,8 @@
     vla dataset info data/datasets/lift
     vla dataset export-zarr data/datasets/lift data/lift.zarr
     vla dataset import-zarr data/lift.zarr data/datasets/lift_copy
+    vla train --dataset data/datasets/lift --policy.vector-features observation.state observation.environment_state
+    vla eval --policy data/runs/train/checkpoints/last --env robomimic/Lift --episodes 50
     vla bench sim
     vla bench experts
 """
@@ -190,6 +192,43 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 
 VERBS.add("bench", Verb("benchmarks that print side-by-side ratios", _configure_bench, _run_bench))
+
+
+# --------------------------------------------------------------------------- train / eval
+def _configure_train(p: argparse.ArgumentParser) -> None:
+    from vla.training.trainer import TrainConfig
+
+    add_dataclass_arguments(p, TrainConfig)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from vla.training.trainer import TrainConfig, train
+
+    checkpoint = train(config_from_args(TrainConfig, args))
+    print(f"checkpoint: {checkpoint}")
+    return 0
+
+
+VERBS.add("train", Verb("train a flow VLA (flow matching or MeanFlow/DM1) from a LeRobot dataset", _configure_train, _run_train))
+
+
+def _configure_eval(p: argparse.ArgumentParser) -> None:
+    from vla.evaluation.evaluate import EvalConfig
+
+    add_dataclass_arguments(p, EvalConfig)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from vla.evaluation.evaluate import EvalConfig, evaluate
+
+    results = evaluate(config_from_args(EvalConfig, args))
+    summary = {k: results[k] for k in ("env", "head", "episodes", "success_rate", "success_ci95", "mean_return", "nfe",
+                                       "latency_ms_per_chunk_call")}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+VERBS.add("eval", Verb("evaluate a policy checkpoint in parallel simulators", _configure_eval, _run_eval))
 
 
 # --------------------------------------------------------------------------- demo

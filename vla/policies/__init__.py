@@ -1,0 +1,1 @@
+"""Flow VLA policies: config, networks, the policy object, checkpoints."""

@@ -1,0 +1,102 @@
+"""Typed configuration of the flow VLA policy (saved as config.json in every checkpoint)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vla import keys
+
+HEAD_NAMES = ("flow_matching", "meanflow")
+NORMALIZATIONS = ("mean_std", "min_max", "identity")
+
+
+@dataclass
+class PolicyConfig:
+    # ---- what the policy reads and writes (shapes are filled from the dataset)
+    vector_features: tuple[str, ...] = field(
+        default=(keys.OBS_STATE,), metadata={"help": "vector inputs, e.g. observation.state observation.environment_state"}
+    )
+    image_features: tuple[str, ...] = field(default=(), metadata={"help": "camera inputs, e.g. observation.images.scene"})
+    use_language: bool = field(default=False, metadata={"help": "condition on the instruction (frozen MiniLM)"})
+    feature_shapes: dict[str, list[int]] = field(default_factory=dict)
+    action_dim: int = 0
+    # ---- chunking
+    chunk_size: int = field(default=8, metadata={"help": "H: actions predicted per chunk"})
+    n_action_steps: int = field(default=4, metadata={"help": "actions executed from each chunk"})
+    # ---- network
+    d_model: int = 128
+    n_heads: int = 4
+    n_prefix_layers: int = 1
+    n_expert_layers: int = 3
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    image_encoder: str = field(default="conv", metadata={"help": "conv (from scratch) or efficientnet_lite0 (ImageNet)"})
+    image_tokens: int = field(default=9, metadata={"help": "tokens per camera (a square number)"})
+    image_shift: int = field(default=4, metadata={"help": "random-shift augmentation in pixels (0: off)"})
+    # ---- action head
+    head: str = field(default="meanflow", metadata={"help": "flow_matching (pi0) or meanflow (DM1)"})
+    num_inference_steps: int = field(default=0, metadata={"help": "NFE at inference; 0: 10 for flow_matching, 1 for meanflow"})
+    flow_time_alpha: float = 1.5  # pi0: t ~ Beta(1.5, 1) * 0.999 + 0.001
+    flow_time_beta: float = 1.0
+    meanflow_ratio: float = field(default=0.5, metadata={"help": "share of samples with r = t (DM1/MP1: 0.5)"})
+    meanflow_mu: float = -0.4
+    meanflow_sigma: float = 1.0
+    meanflow_adaptive_p: float = field(default=0.0, metadata={"help": "adaptive loss weight power (0: plain MSE)"})
+    meanflow_clamp: float | None = field(default=None, metadata={"help": "clamp after each sampling step (DM1: 1.0)"})
+    # ---- dispersive regularization
+    dispersive_weight: float = field(default=0.0, metadata={"help": "lambda; 0 disables"})
+    dispersive_variant: str = "infonce_l2"
+    dispersive_form: str = field(default="paper", metadata={"help": "paper or dm1 (released-code form)"})
+    dispersive_temperature: float = 0.5
+    dispersive_margin: float = 1.0
+    dispersive_layers: tuple[int, ...] = field(default=(-1,), metadata={"help": "action-expert layers (index) to disperse"})
+    # ---- normalization
+    state_normalization: str = "mean_std"
+    action_normalization: str = "min_max"
+
+    def __post_init__(self) -> None:
+        if self.head not in HEAD_NAMES:
+            raise ValueError(f"unknown head {self.head!r}; available: {', '.join(HEAD_NAMES)}")
+        for name in (self.state_normalization, self.action_normalization):
+            if name not in NORMALIZATIONS:
+                raise ValueError(f"unknown normalization {name!r}; available: {', '.join(NORMALIZATIONS)}")
+        if not 1 <= self.n_action_steps <= self.chunk_size:
+            raise ValueError(f"n_action_steps must be in [1, chunk_size={self.chunk_size}], got {self.n_action_steps}")
+        if int(self.image_tokens**0.5) ** 2 != self.image_tokens:
+            raise ValueError(f"image_tokens must be a square number, got {self.image_tokens}")
+        self.vector_features = tuple(self.vector_features)
+        self.image_features = tuple(self.image_features)
+        self.dispersive_layers = tuple(self.dispersive_layers)
+
+    @property
+    def inference_steps(self) -> int:
+        return self.num_inference_steps or (10 if self.head == "flow_matching" else 1)
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        if not self.image_features:
+            return None
+        shape = self.feature_shapes[self.image_features[0]]
+        return int(shape[0]), int(shape[1])
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PolicyConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown policy config fields {unknown}")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: Path) -> PolicyConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -1,0 +1,228 @@
+"""`vla train`: a flow policy from a local LeRobot v3 dataset.
+
+Run directory layout:
+
+    <out>/config.json                   the TrainConfig (printed and saved at start)
+    <out>/tensorboard/                   scalars: loss/*, train/lr, train/samples_per_s
+    <out>/checkpoints/<step>/            policy checkpoint (EMA weights): config.json,
+                                         model.safetensors, stats.safetensors
+    <out>/checkpoints/last -> <step>
+    <out>/training_state/                raw weights, optimizer, EMA, RNG, step (for --resume)
+
+Normalization statistics are computed once from the dataset and stored in every checkpoint.
+Resuming restores weights, optimizer, EMA and the sampling RNG, so an interrupted run ends
+with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from vla import keys
+from vla.datasets.chunks import ChunkSampler, FrameTable, load_frames
+from vla.policies.checkpoint import flatten_stats, save_policy, unflatten_stats
+from vla.policies.config import PolicyConfig
+from vla.policies.flow_policy import FlowPolicy
+from vla.policies.normalize import compute_stats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    dataset: Path = field(default=Path("data/datasets/robomimic_Lift"), metadata={"help": "LeRobot v3 dataset dir"})
+    out: Path = field(default=Path("data/runs/train"), metadata={"help": "run directory"})
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    steps: int = field(default=5000, metadata={"help": "optimizer steps"})
+    batch_size: int = 256
+    lr: float = 3e-4
+    weight_decay: float = 1e-6
+    warmup_steps: int = 200
+    grad_clip: float = 1.0
+    ema_decay: float = field(default=0.995, metadata={"help": "0 disables EMA"})
+    seed: int = 0
+    log_every: int = 50
+    save_every: int = field(default=1000, metadata={"help": "checkpoint every N steps (and at the end)"})
+    resume: bool = field(default=False, metadata={"help": "continue the run in --out"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
+    wandb: bool = field(default=False, metadata={"help": "also log to Weights & Biases (needs wandb + network)"})
+
+
+def policy_config_for(table: FrameTable, policy: PolicyConfig) -> PolicyConfig:
+    shapes = {k: list(v.shape[1:]) for k, v in table.vectors.items()}
+    shapes.update({k: list(v.shape[1:]) for k, v in table.images.items()})
+    return dataclasses.replace(policy, feature_shapes=shapes, action_dim=int(table.actions.shape[1]))
+
+
+def dataset_stats(table: FrameTable) -> dict[str, dict[str, torch.Tensor]]:
+    stats = {k: compute_stats(v) for k, v in table.vectors.items()}
+    stats[keys.ACTION] = compute_stats(table.actions)
+    return stats
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+class EMA:
+    """Exponential moving average of the weights; the EMA model is what checkpoints hold."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+
+def _save_training_state(directory: Path, step: int, policy, optimizer, ema: EMA | None, generator) -> None:
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in policy.state_dict().items()}, str(tmp / "model.safetensors"))
+    if ema is not None:
+        save_file({k: v.contiguous() for k, v in ema.shadow.items()}, str(tmp / "ema.safetensors"))
+    opt_state = optimizer.state_dict()
+    tensors = {f"{pid}/{name}": t for pid, s in opt_state["state"].items() for name, t in s.items() if torch.is_tensor(t)}
+    save_file(tensors, str(tmp / "optimizer_state.safetensors"))
+    (tmp / "optimizer_param_groups.json").write_text(json.dumps(opt_state["param_groups"]))
+    save_file({"generator": generator.get_state(), "torch": torch.get_rng_state()}, str(tmp / "rng_state.safetensors"))
+    (tmp / "training_step.json").write_text(json.dumps({"step": step}))
+    shutil.rmtree(directory, ignore_errors=True)
+    tmp.rename(directory)  # atomic: an interrupt never leaves a half-written state
+
+
+def _load_training_state(directory: Path, policy, optimizer, ema: EMA | None, generator) -> int:
+    policy.load_state_dict(load_file(str(directory / "model.safetensors")))
+    if ema is not None:
+        ema.shadow = load_file(str(directory / "ema.safetensors"))
+    groups = json.loads((directory / "optimizer_param_groups.json").read_text())
+    flat = load_file(str(directory / "optimizer_state.safetensors"))
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in flat.items():
+        pid, name = key.split("/", 1)
+        state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    rng = load_file(str(directory / "rng_state.safetensors"))
+    generator.set_state(rng["generator"])
+    torch.set_rng_state(rng["torch"])
+    return int(json.loads((directory / "training_step.json").read_text())["step"])
+
+
+def train(config: TrainConfig) -> Path:
+    """Train and return the final checkpoint directory."""
+    out = Path(config.out)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    state_dir = out / "training_state"
+    if out.exists() and any(out.iterdir()) and not config.resume:
+        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if config.resume and not state_dir.exists():
+        raise FileNotFoundError(f"--resume: no training_state in {out}")
+    out.mkdir(parents=True, exist_ok=True)
+
+    table = load_frames(config.dataset, config.policy.vector_features, config.policy.image_features)
+    stats_file = out / "stats.safetensors"
+    if config.resume and stats_file.exists():
+        stats = unflatten_stats(load_file(str(stats_file)))
+    else:
+        stats = dataset_stats(table)
+        save_file(flatten_stats(stats), str(stats_file))
+    policy_config = policy_config_for(table, config.policy)
+    run_config = dataclasses.replace(config, policy=policy_config)
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(run_config), indent=2, default=str))
+    log.info("train config:\n%s", json.dumps(dataclasses.asdict(run_config), indent=2, default=str))
+
+    torch.manual_seed(config.seed)
+    policy = FlowPolicy(policy_config)
+    policy.set_normalization(stats)
+    policy.train()
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, betas=(0.95, 0.999), weight_decay=config.weight_decay)
+    ema = EMA(policy, config.ema_decay) if config.ema_decay > 0 else None
+    generator = torch.Generator().manual_seed(config.seed)
+    step = _load_training_state(state_dir, policy, optimizer, ema, generator) if config.resume else 0
+    sampler = ChunkSampler(table, policy_config.chunk_size)
+    n_params = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+    log.info("%d frames, %d trainable parameters, head %s", len(table), n_params, policy_config.head)
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(out / "tensorboard"), purge_step=step)
+    wandb_run = _start_wandb(config, out) if config.wandb else None
+    bar = tqdm(total=config.steps, initial=step, desc=f"train {policy_config.head}", unit="step")
+    window_start, window_samples = time.perf_counter(), 0
+    checkpoint = None
+    try:
+        while step < config.steps:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, config)
+            batch = sampler.sample(config.batch_size, generator)
+            loss, metrics = policy(batch, generator=generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip)
+            optimizer.step()
+            if ema is not None:
+                ema.update(policy)
+            step += 1
+            window_samples += config.batch_size
+            bar.update(1)
+            if step % config.log_every == 0 or step == config.steps:
+                elapsed = time.perf_counter() - window_start
+                metrics.update({"train/lr": lr_at(step - 1, config), "train/grad_norm": float(grad_norm),
+                                "train/samples_per_s": window_samples / max(elapsed, 1e-9)})
+                for name, value in metrics.items():
+                    writer.add_scalar(name, value, step)
+                if wandb_run is not None:
+                    wandb_run.log(metrics, step=step)
+                bar.set_postfix(loss=f"{metrics['loss/total']:.4f}", sps=f"{metrics['train/samples_per_s']:.0f}")
+                window_start, window_samples = time.perf_counter(), 0
+            if step % config.save_every == 0 or step == config.steps:
+                checkpoint = _checkpoint(out, step, policy, ema, stats, optimizer, generator)
+    except KeyboardInterrupt:
+        log.warning("interrupted at step %d; saving so that --resume continues from here", step)
+        checkpoint = _checkpoint(out, step, policy, ema, stats, optimizer, generator)
+        raise
+    finally:
+        bar.close()
+        writer.close()
+    return checkpoint if checkpoint is not None else out / "checkpoints" / "last"
+
+
+def _checkpoint(out: Path, step: int, policy: FlowPolicy, ema: EMA | None, stats, optimizer, generator) -> Path:
+    _save_training_state(out / "training_state", step, policy, optimizer, ema, generator)
+    inference = FlowPolicy(policy.config)
+    inference.load_state_dict(ema.shadow if ema is not None else policy.state_dict())
+    directory = save_policy(inference, stats, out / "checkpoints" / f"{step:06d}", extra={"step": step})
+    last = out / "checkpoints" / "last"
+    if last.is_symlink() or last.exists():
+        last.unlink()
+    last.symlink_to(directory.name)
+    return directory
+
+
+def _start_wandb(config: TrainConfig, out: Path):
+    try:
+        import wandb
+    except ImportError as err:
+        raise RuntimeError("--wandb needs the wandb package (pip install wandb)") from err
+    return wandb.init(project="vla-stack", dir=str(out), config=dataclasses.asdict(config))
