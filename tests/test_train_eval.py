@@ -81,3 +81,15 @@ def test_wilson_interval():
     low, high = wilson_interval(95, 100)
     assert 0.88 < low < 0.89 and 0.978 < high < 0.979
     assert wilson_interval(0, 10)[0] == 0.0
+
+
+def test_bench_policy_times_ours_and_lerobot_peers(tmp_path, lift_dataset, capsys):
+    from vla.bench.policy_latency import BenchPolicyConfig, run_bench_policy
+
+    checkpoint = train(small_train(lift_dataset, tmp_path / "run", steps=2, save_every=2))
+    rows = run_bench_policy(BenchPolicyConfig(policies=(checkpoint,), nfe=(1, 4), rounds=1, calls_per_round=1))
+    labels = [r["policy"] for r in rows]
+    assert [r["nfe"] for r in rows[:2]] == [1, 4]
+    assert any("DDIM" in label for label in labels) and any("ACT" in label for label in labels)
+    assert all(r["p50_ms"] > 0 for r in rows) and rows[0]["relative_to_first"] == 1.0
+    assert "| lerobot ACT |" in capsys.readouterr().out
