@@ -37,17 +37,11 @@ class DemoConfig:
 
 def episode_frames(dataset, episode: int, cameras: list[str]) -> dict[str, np.ndarray]:
     """(T, H, W, 3) uint8 frames of one episode per camera key, decoded from the dataset."""
+    from vla.datasets.lerobot_io import decode_frames
+
     start = int(dataset.meta.episodes["dataset_from_index"][episode])
     stop = int(dataset.meta.episodes["dataset_to_index"][episode])
-    frames: dict[str, list] = {k: [] for k in cameras}
-    for i in range(start, stop):
-        item = dataset[i]
-        for key in cameras:
-            image = item[key].numpy()
-            if np.issubdtype(image.dtype, np.floating):
-                image = np.rint(image * 255).astype(np.uint8)
-            frames[key].append(image.transpose(1, 2, 0))
-    return {k: np.stack(v) for k, v in frames.items()}
+    return decode_frames(dataset, start, stop, cameras)
 
 
 def run_demo(config: DemoConfig) -> int:

@@ -17,7 +17,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from vla import keys
-from vla.datasets.lerobot_io import load_dataset
+from vla.datasets.lerobot_io import decode_frames, load_dataset
 
 
 @dataclass
@@ -55,16 +55,11 @@ def load_frames(root: str | Path, vector_features: Sequence[str], image_features
     vectors = {k: column(k) for k in vector_features}
     actions = column(keys.ACTION)
     images: dict[str, Tensor] = {}
-    if image_features:
-        frames = {k: np.empty((n, *features[k]["shape"]), dtype=np.uint8) for k in image_features}
-        for i in tqdm(range(n), desc="decode frames", unit="frame", leave=False):
-            item = dataset[i]
-            for k in image_features:
-                image = item[k].numpy()
-                if np.issubdtype(image.dtype, np.floating):
-                    image = np.rint(image * 255.0).astype(np.uint8)
-                frames[k][i] = image.transpose(1, 2, 0)
-        images = {k: torch.from_numpy(v) for k, v in frames.items()}
+    block = 256
+    for start in tqdm(range(0, n, block) if image_features else [], desc="decode frames", unit="blk", leave=False):
+        decoded = decode_frames(dataset, start, min(start + block, n), image_features)
+        for k, v in decoded.items():
+            images.setdefault(k, torch.empty((n, *v.shape[1:]), dtype=torch.uint8))[start : start + len(v)] = torch.from_numpy(v)
     task_names = list(dataset.meta.tasks.sort_values("task_index").index)
     tasks = [task_names[int(i)] for i in np.asarray(table["task_index"]).reshape(-1)]
     episode_index = np.asarray(table["episode_index"]).reshape(-1)

@@ -219,3 +219,19 @@ def download_dataset(repo_id: str, out: str | Path, revision: str | None = None)
             f"`python -m lerobot.datasets.v30.convert_dataset_v21_to_v30 --repo-id={repo_id} --root={out}`"
         )
     return dataset_info(out)
+
+
+def decode_frames(dataset, start: int, stop: int, image_keys: Sequence[str]) -> dict[str, np.ndarray]:
+    """Frames ``start..stop-1`` of each camera as (n, H, W, 3) uint8, exactly as stored.
+
+    LeRobot returns video frames as uint8 (``return_uint8``) but PNG frames as floats in [0, 1].
+    """
+    frames: dict[str, list[np.ndarray]] = {k: [] for k in image_keys}
+    for i in range(start, stop):
+        item = dataset[i]
+        for key in image_keys:
+            image = item[key].numpy()
+            if np.issubdtype(image.dtype, np.floating):
+                image = np.clip(np.rint(image * 255.0), 0, 255)
+            frames[key].append(image.astype(np.uint8).transpose(1, 2, 0))
+    return {k: np.stack(v) for k, v in frames.items()}

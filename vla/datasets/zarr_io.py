@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vla import keys
-from vla.datasets.lerobot_io import EpisodeWriter, check_dataset_dir, load_dataset
+from vla.datasets.lerobot_io import EpisodeWriter, check_dataset_dir, decode_frames, load_dataset
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,7 @@ def export_zarr(dataset_root: str | Path, out: str | Path) -> dict[str, Any]:
         block = 256
         for start in tqdm(range(0, total, block), desc=f"export {key}", unit="blk", leave=False):
             stop = min(start + block, total)
-            frames = np.stack([_as_uint8(dataset[i][key].numpy()) for i in range(start, stop)])  # (n, C, H, W)
-            array[start:stop] = frames.transpose(0, 2, 3, 1)
+            array[start:stop] = decode_frames(dataset, start, stop, [key])[key]
     episode_index = np.asarray(table["episode_index"], dtype=np.int64).reshape(total)
     lengths = np.bincount(episode_index, minlength=meta.total_episodes)
     meta_group = root.create_group("meta")
@@ -83,13 +82,6 @@ def export_zarr(dataset_root: str | Path, out: str | Path) -> dict[str, Any]:
     meta_group.attrs.update({"fps": meta.fps, "tasks": tasks, "robot_type": meta.robot_type, "source": "lerobot-v3"})
     log.info("exported %d episodes / %d frames to %s", meta.total_episodes, total, out)
     return {"episodes": int(meta.total_episodes), "frames": int(total), "out": str(out)}
-
-
-def _as_uint8(image: np.ndarray) -> np.ndarray:
-    """LeRobot hands video frames back as uint8 (return_uint8) but PNG frames as floats in [0, 1]."""
-    if np.issubdtype(image.dtype, np.floating):
-        return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
-    return image.astype(np.uint8)
 
 
 def _lerobot_dtype(array) -> str:
