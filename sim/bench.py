@@ -56,6 +56,10 @@ def measure_raw_vs_wrapper(name: str, config: BenchSimConfig) -> dict:
     actions = _random_actions(env.spec, config.steps, config.seed)
     raw_time = wrapped_time = 0.0
     clock = time.perf_counter
+    env.reset(seed=config.seed)
+    for action in actions[:5]:  # warm-up: first steps pay one-time costs (allocations, caches)
+        single.raw_step(action)
+        env.step(action[None, None, :])
     for episode in range(config.rounds):
         env.reset(seed=config.seed + episode)
         for action in actions:

@@ -87,7 +87,8 @@ def test_bench_policy_times_ours_and_lerobot_peers(tmp_path, lift_dataset, capsy
     from vla.bench.policy_latency import BenchPolicyConfig, run_bench_policy
 
     checkpoint = train(small_train(lift_dataset, tmp_path / "run", steps=2, save_every=2))
-    rows = run_bench_policy(BenchPolicyConfig(policies=(checkpoint,), nfe=(1, 4), rounds=1, calls_per_round=1))
+    rows = run_bench_policy(BenchPolicyConfig(policies=(checkpoint,), nfe=(1, 4), peers=("diffusion_ddim10", "act"),
+                                              rounds=1, calls_per_round=1, warmup=0))
     labels = [r["policy"] for r in rows]
     assert [r["nfe"] for r in rows[:2]] == [1, 4]
     assert any("DDIM" in label for label in labels) and any("ACT" in label for label in labels)

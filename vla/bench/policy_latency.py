@@ -3,7 +3,8 @@
 Every (policy, NFE) pair and every LeRobot peer is timed on the same observation, in
 interleaved rounds so machine noise hits all alike. LeRobot's diffusion policy (its default
 DDPM steps, and DDIM with 10 steps) and ACT are built offline with random weights at their
-default sizes, on the same observation shapes, and timed through ``predict_action_chunk``.
+default sizes, on the same observation shapes, and timed through ``reset`` + ``select_action``
+(which makes them predict a fresh chunk).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from vla import keys
 class BenchPolicyConfig:
     policies: tuple[Path, ...] = field(default=(), metadata={"help": "checkpoint directories"})
     nfe: tuple[int, ...] = field(default=(), metadata={"help": "NFE values to sweep (default: each policy's own)"})
-    lerobot_peers: bool = field(default=True, metadata={"help": "also time LeRobot diffusion (DDPM, DDIM-10) and ACT"})
+    peers: tuple[str, ...] = field(default=("diffusion_ddpm", "diffusion_ddim10", "act"),
+                                   metadata={"help": "LeRobot peers to time (none: only ours)"})
+    warmup: int = field(default=3, metadata={"help": "untimed calls per entry first"})
     rounds: int = field(default=10, metadata={"help": "interleaved rounds"})
     calls_per_round: int = 2
     threads: int = field(default=2, metadata={"help": "torch CPU threads"})
@@ -58,7 +61,7 @@ def _params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def lerobot_peers(template) -> list[tuple[str, Callable[[], object], dict]]:
+def lerobot_peers(template, names: tuple[str, ...]) -> list[tuple[str, Callable[[], object], dict]]:
     """LeRobot's diffusion policy and ACT on the template policy's observation shapes."""
     from lerobot.configs.types import FeatureType, PolicyFeature
     from lerobot.policies.act.configuration_act import ACTConfig
@@ -80,13 +83,19 @@ def lerobot_peers(template) -> list[tuple[str, Callable[[], object], dict]]:
     for key in cfg.image_features:
         batch[key] = batch[key].permute(0, 3, 1, 2) / 255.0
     peers = []
-    variants = [
-        ("lerobot diffusion (DDPM, default steps)", DiffusionConfig, DiffusionPolicy, {}),
-        ("lerobot diffusion (DDIM, 10 steps)", DiffusionConfig, DiffusionPolicy,
-         {"noise_scheduler_type": "DDIM", "num_inference_steps": 10}),
-        ("lerobot ACT", ACTConfig, ACTPolicy, {}),
-    ]
-    for label, config_cls, policy_cls, overrides in variants:
+    variants = {
+        "diffusion_ddpm": ("lerobot diffusion (DDPM, default steps)", DiffusionConfig, DiffusionPolicy, {}),
+        "diffusion_ddim10": ("lerobot diffusion (DDIM, 10 steps)", DiffusionConfig, DiffusionPolicy,
+                             {"noise_scheduler_type": "DDIM", "num_inference_steps": 10}),
+        "act": ("lerobot ACT", ACTConfig, ACTPolicy, {}),
+    }
+    unknown = [n for n in names if n not in variants and n != "none"]
+    if unknown:
+        raise ValueError(f"unknown peer(s) {unknown}; available: {', '.join(variants)}, none")
+    for name in names:
+        if name == "none":
+            continue
+        label, config_cls, policy_cls, overrides = variants[name]
         kwargs = dict(input_features=inputs, output_features=outputs, device="cpu", **overrides)
         if "pretrained_backbone_weights" in config_cls.__dataclass_fields__:
             kwargs["pretrained_backbone_weights"] = None  # no download: random weights
@@ -100,8 +109,10 @@ def lerobot_peers(template) -> list[tuple[str, Callable[[], object], dict]]:
                 "params": _params(policy)}
 
         def call(policy=policy):
+            # reset + select_action: LeRobot fills its observation queue and predicts a fresh chunk
             with torch.no_grad():
-                return policy.predict_action_chunk(dict(batch))
+                policy.reset()
+                return policy.select_action(dict(batch))
 
         peers.append((label, call, meta))
     return peers
@@ -118,10 +129,10 @@ def run_bench_policy(config: BenchPolicyConfig) -> list[dict]:
     for path in config.policies:
         for nfe in config.nfe or (None,):
             entries.append(_ours(Path(path), nfe))
-    if config.lerobot_peers:
-        entries += lerobot_peers(load_policy(config.policies[0]))
-    for _, call, _ in entries:  # warm-up
-        for _ in range(3):
+    if config.peers:
+        entries += lerobot_peers(load_policy(config.policies[0]), config.peers)
+    for _, call, _ in entries:
+        for _ in range(config.warmup):
             call()
     times: list[list[float]] = [[] for _ in entries]
     for _ in range(config.rounds):
