@@ -70,7 +70,6 @@ def evaluate(config: EvalConfig) -> dict:
                    vectorization=config.vectorization)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
     b = env.num_envs
     queues: list[list[np.ndarray]] = [[] for _ in range(b)]
     episodes: list[dict] = []
@@ -87,6 +86,8 @@ def evaluate(config: EvalConfig) -> dict:
 
     try:
         obs = env.reset()
+        policy.predict_action_chunk(obs)  # warm-up (lazy loads such as the language encoder): not timed
+        torch.manual_seed(config.seed)
         for i in range(b):
             maybe_start_recording(i)
         bar = tqdm(total=config.episodes, desc=f"eval {config.env}", unit="ep")
