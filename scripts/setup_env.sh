@@ -125,6 +125,11 @@ EOF
     echo "$deps" >"$VENV/requirements.txt"
     "$VENV/bin/pip" install --progress-bar off -r "$VENV/requirements.txt" >&2
     touch "$VENV/.complete"
+    # Each environment is ~8 GB: keep this one and the most recent other one, drop older ones.
+    ls -dt "$CACHE_DIR"/venv-* 2>/dev/null | grep -vx "$VENV" | tail -n +2 | while read -r old; do
+        log "removing stale environment $old"
+        rm -rf "$old"
+    done
 fi
 # Editable install of this checkout: cheap, and points the venv at the clone being used.
 if ! (cd / && "$VENV/bin/python" -c "import vla, pathlib, sys; sys.exit(pathlib.Path(vla.__file__).resolve().parents[1] != pathlib.Path('$REPO_ROOT'))") 2>/dev/null; then

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -48,9 +48,6 @@ class EnvSpec:
     @property
     def task(self) -> str:
         return self.name.split("/", 1)[1]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

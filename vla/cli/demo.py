@@ -26,12 +26,12 @@ MARKER = ".vla-demo"
 @dataclass
 class DemoConfig:
     env: str = field(default="robomimic/Lift", metadata={"help": "task to demonstrate"})
-    episodes: int = field(default=10, metadata={"help": "successful demonstrations to record"})
+    episodes: int = field(default=20, metadata={"help": "successful demonstrations to record"})
     num_envs: int = field(default=2, metadata={"help": "parallel simulators"})
     image_size: int = 84
     seed: int = 0
     out: Path = field(default=Path("data/demo"), metadata={"help": "output directory (replaced on re-run)"})
-    train_steps: int = field(default=1500, metadata={"help": "DM1 optimizer steps (0: stop after the dataset)"})
+    train_steps: int = field(default=3000, metadata={"help": "DM1 optimizer steps (0: stop after the dataset)"})
     eval_episodes: int = field(default=20, metadata={"help": "evaluation episodes"})
 
 
