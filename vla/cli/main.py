@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -37,6 +38,17 @@ class Verb:
 
 
 VERBS: Registry[Verb] = Registry("verb")
+
+
+def config_class(path: str) -> type:
+    """The config dataclass at "module:Name", imported only when a verb is used."""
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def flags_of(path: str) -> Callable[[argparse.ArgumentParser], None]:
+    """A verb's ``configure``: its flags are the fields of its config dataclass."""
+    return lambda parser: add_dataclass_arguments(parser, config_class(path))
 
 
 def quiet_third_party() -> None:
@@ -88,23 +100,17 @@ VERBS.add("envs", Verb("list simulator suites, tasks and scripted experts", _con
 
 
 # --------------------------------------------------------------------------- collect
-def _configure_collect(p: argparse.ArgumentParser) -> None:
-    from sim.collect import CollectConfig
-
-    add_dataclass_arguments(p, CollectConfig)
-
-
 def _run_collect(args: argparse.Namespace) -> int:
-    from sim.collect import CollectConfig, collect
+    from sim.collect import collect
 
-    config = config_from_args(CollectConfig, args)
+    config = config_from_args(config_class("sim.collect:CollectConfig"), args)
     log.info("collect config:\n%s", config_to_json(config))
     result = collect(config)
     print(json.dumps(result.to_dict(), indent=2))
     return 130 if result.interrupted else 0
 
 
-VERBS.add("collect", Verb("record scripted-expert demonstrations into a LeRobot v3 dataset", _configure_collect, _run_collect))
+VERBS.add("collect", Verb("record scripted-expert demonstrations into a LeRobot v3 dataset", flags_of("sim.collect:CollectConfig"), _run_collect))
 
 
 # --------------------------------------------------------------------------- dataset
@@ -197,56 +203,38 @@ VERBS.add("bench", Verb("benchmarks that print side-by-side ratios", _configure_
 
 
 # --------------------------------------------------------------------------- train / eval
-def _configure_train(p: argparse.ArgumentParser) -> None:
-    from vla.training.trainer import TrainConfig
-
-    add_dataclass_arguments(p, TrainConfig)
-
-
 def _run_train(args: argparse.Namespace) -> int:
-    from vla.training.trainer import TrainConfig, train
+    from vla.training.trainer import train
 
-    checkpoint = train(config_from_args(TrainConfig, args))
+    checkpoint = train(config_from_args(config_class("vla.training.trainer:TrainConfig"), args))
     print(f"checkpoint: {checkpoint}")
     return 0
 
 
-VERBS.add("train", Verb("train a flow VLA (flow matching or MeanFlow/DM1) from a LeRobot dataset", _configure_train, _run_train))
-
-
-def _configure_eval(p: argparse.ArgumentParser) -> None:
-    from vla.evaluation.evaluate import EvalConfig
-
-    add_dataclass_arguments(p, EvalConfig)
+VERBS.add("train", Verb("train a flow VLA (flow matching or MeanFlow/DM1) from a LeRobot dataset", flags_of("vla.training.trainer:TrainConfig"), _run_train))
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from vla.evaluation.evaluate import EvalConfig, evaluate
+    from vla.evaluation.evaluate import evaluate
 
-    results = evaluate(config_from_args(EvalConfig, args))
+    results = evaluate(config_from_args(config_class("vla.evaluation.evaluate:EvalConfig"), args))
     summary = {k: results[k] for k in ("env", "head", "episodes", "success_rate", "success_ci95", "mean_return", "nfe",
                                        "latency_ms_per_chunk_call")}
     print(json.dumps(summary, indent=2))
     return 0
 
 
-VERBS.add("eval", Verb("evaluate a policy checkpoint in parallel simulators", _configure_eval, _run_eval))
+VERBS.add("eval", Verb("evaluate a policy checkpoint in parallel simulators", flags_of("vla.evaluation.evaluate:EvalConfig"), _run_eval))
 
 
 # --------------------------------------------------------------------------- demo
-def _configure_demo(p: argparse.ArgumentParser) -> None:
-    from vla.cli.demo import DemoConfig
-
-    add_dataclass_arguments(p, DemoConfig)
-
-
 def _run_demo(args: argparse.Namespace) -> int:
-    from vla.cli.demo import DemoConfig, run_demo
+    from vla.cli.demo import run_demo
 
-    return run_demo(config_from_args(DemoConfig, args))
+    return run_demo(config_from_args(config_class("vla.cli.demo:DemoConfig"), args))
 
 
-VERBS.add("demo", Verb("the main job: demonstrations -> dataset -> summary + video", _configure_demo, _run_demo))
+VERBS.add("demo", Verb("the main job: demonstrations -> dataset -> DM1 policy -> evaluation", flags_of("vla.cli.demo:DemoConfig"), _run_demo))
 
 
 def build_parser() -> argparse.ArgumentParser:
