@@ -1,7 +1,7 @@
 # The two commands of the README. Both set up everything they need (idempotent, cached
 # outside the clone: ~/.cache/vla-stack) and then run.
 SHELL := /bin/bash
-ENV := eval "$$(bash scripts/setup_env.sh)" &&
+ENV := eval "$$(bash scripts/setup_env.sh)" && eval "$$(bash scripts/build_ros2_ws.sh)" &&
 PYTEST_ARGS ?=
 
 .PHONY: demo test setup bench

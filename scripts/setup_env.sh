@@ -14,6 +14,10 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE_DIR="${VLA_CACHE_DIR:-$HOME/.cache/vla-stack}"
 mkdir -p "$CACHE_DIR"
 log() { echo "[setup] $*" >&2; }
+# One set-up at a time per cache (parallel CI jobs, test helpers): the others wait, then find
+# everything built. The lock is released when this script exits.
+exec 9>"$CACHE_DIR/.setup.lock"
+flock 9
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -164,6 +168,21 @@ if [ "$(cat "$SIDECAR/.pins" 2>/dev/null)" != "$SIDECAR_PINS" ]; then
     echo "$SIDECAR_PINS" >"$SIDECAR/.pins"
 fi
 
+# ---------------------------------------------------------------- 5b. openpi-client venv
+# The real openpi client (PyPI openpi-client, numpy < 2) that tests/test_serving.py runs
+# against `vla serve` to prove wire compatibility; numpy < 2 cannot share the main venv.
+# openpi-client 0.1.2 imports typing_extensions without declaring it.
+OPENPI_PINS="openpi-client==0.1.2 typing_extensions"
+OPENPI="$CACHE_DIR/openpi-client-venv"
+if [ "$(cat "$OPENPI/.pins" 2>/dev/null)" != "$OPENPI_PINS" ]; then
+    log "building the openpi-client environment in $OPENPI"
+    rm -rf "$OPENPI"
+    PYENV_VERSION=3.12.1 "$PY312" -m venv "$OPENPI"
+    read -r -a openpi_pins <<<"$OPENPI_PINS"
+    "$OPENPI/bin/pip" install -q --progress-bar off "${openpi_pins[@]}" >&2
+    echo "$OPENPI_PINS" >"$OPENPI/.pins"
+fi
+
 # ---------------------------------------------------------------- 6. environment for callers
 echo "export VIRTUAL_ENV='$VENV'"
 echo "export PATH='$VENV/bin':\"\$PATH\""
@@ -171,6 +190,7 @@ echo "export AMENT_PREFIX_PATH='$VENV'"
 echo "export MUJOCO_GL=\${MUJOCO_GL:-egl}"
 echo "export PYOPENGL_PLATFORM=\${PYOPENGL_PLATFORM:-egl}"
 echo "export HF_HUB_OFFLINE=\${HF_HUB_OFFLINE:-1}"
+echo "export VLA_OPENPI_CLIENT_PYTHON='$OPENPI/bin/python'"
 if [ -f "$LVP_DIR/lvp_icd.json" ]; then
     libdir="$(dirname "$(find "$LVP_DIR" -name 'libvulkan_lvp.so' | head -n1)")"
     echo "export VK_ICD_FILENAMES='$LVP_DIR/lvp_icd.json'"

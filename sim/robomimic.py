@@ -95,8 +95,26 @@ def _is_robosuite15(version: str) -> bool:
     return tuple(int(x) for x in version.split(".")[:2]) >= (1, 5)
 
 
-def _controller_config(v15: bool) -> dict:
-    """RoboMimic's OSC_POSE arm controller (with its gripper), in robosuite 1.4's or 1.5's API."""
+ARM_CONTROLLERS = ("OSC_POSE", "JOINT_POSITION")
+
+
+def _controller_config(v15: bool, controller: str = "OSC_POSE", joint_kp: float = 150.0) -> dict:
+    """The arm controller (with its gripper), in robosuite 1.4's or 1.5's API.
+
+    OSC_POSE is RoboMimic's (the datasets' action space). JOINT_POSITION is for the simulated
+    Franka behind ROS (sim/franka_mujoco.py): its action is the joint-position change in rad,
+    unscaled, like the setpoints a JointTrajectoryController interpolates.
+    """
+    if controller not in ARM_CONTROLLERS:
+        raise ValueError(f"unknown arm controller {controller!r}; available: {', '.join(ARM_CONTROLLERS)}")
+    if controller == "JOINT_POSITION":
+        if v15:
+            raise ValueError("the JOINT_POSITION option is implemented for robosuite 1.4 tasks only")
+        from robosuite.controllers import load_controller_config
+
+        config = load_controller_config(default_controller="JOINT_POSITION")
+        config.update(input_max=1.0, input_min=-1.0, output_max=1.0, output_min=-1.0, kp=joint_kp)
+        return config
     if not v15:
         from robosuite.controllers import load_controller_config
 
@@ -145,17 +163,22 @@ class RobomimicEnv(SingleEnv):
         # `lite_physics` skips a forward pass per substep; RoboMimic's 1.5 datasets turn it off.
         np.random.seed(config.seed)
         version_kwargs = {"seed": config.seed, "lite_physics": False} if v15 else {}
+        unknown_options = set(config.options) - {"controller", "control_freq", "joint_kp"}
+        if unknown_options:
+            raise ValueError(f"unknown option(s) {sorted(unknown_options)}; available: controller, control_freq, joint_kp")
+        controller = config.options.get("controller", "OSC_POSE")
+        control_freq = float(config.options.get("control_freq", FPS))
         self._env = robosuite.make(
             self.task.env_name,
             robots=robots if len(robots) > 1 else robots[0],
-            controller_configs=_controller_config(v15),
+            controller_configs=_controller_config(v15, controller, float(config.options.get("joint_kp", 150.0))),
             has_renderer=False,
             has_offscreen_renderer=True,  # render() works in every obs mode (videos)
             use_camera_obs=bool(sim_cameras),
             camera_names=sim_cameras or "agentview",
             camera_heights=height,
             camera_widths=width,
-            control_freq=FPS,
+            control_freq=control_freq,
             horizon=10**6,  # EpisodeRunner owns the time limit
             ignore_done=True,
             hard_reset=False,  # reloading the XML every episode costs ~0.5 s and changes nothing
@@ -172,7 +195,7 @@ class RobomimicEnv(SingleEnv):
             state_dim=16 * len(robots),
             env_state_dim=int(first["object-state"].shape[0]),
             max_episode_steps=config.max_episode_steps or self.task.horizon,
-            fps=FPS,
+            fps=int(round(control_freq)),
             instruction=self.task.instruction,
             obs_mode=config.obs_mode,
             cameras=self.cameras,
@@ -181,7 +204,7 @@ class RobomimicEnv(SingleEnv):
             action_low=tuple(float(x) for x in low),
             action_high=tuple(float(x) for x in high),
             robot="panda" if len(robots) == 1 else "panda_x2",
-            extra={"robosuite_version": robosuite.__version__, "controller": "OSC_POSE", "reward": "sparse"},
+            extra={"robosuite_version": robosuite.__version__, "controller": controller, "reward": "sparse"},
         )
         self.last_raw_obs = first
 

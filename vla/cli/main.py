@@ -8,6 +8,7 @@
     vla dataset import-zarr data/lift.zarr data/datasets/lift_copy
     vla train --dataset data/datasets/lift --policy.vector-features observation.state observation.environment_state
     vla eval --policy data/runs/train/checkpoints/last --env robomimic/Lift --episodes 50
+    vla serve --policy data/runs/train/checkpoints/last --port 8000   # openpi-client compatible
     vla bench sim
     vla bench experts
 """
@@ -225,6 +226,16 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 VERBS.add("eval", Verb("evaluate a policy checkpoint in parallel simulators", flags_of("vla.evaluation.evaluate:EvalConfig"), _run_eval))
+
+
+# --------------------------------------------------------------------------- serve
+def _run_serve(args: argparse.Namespace) -> int:
+    from vla.serving.server import serve
+
+    return serve(config_from_args(config_class("vla.serving.server:ServeConfig"), args))
+
+
+VERBS.add("serve", Verb("serve a policy checkpoint over websocket (openpi-client compatible)", flags_of("vla.serving.server:ServeConfig"), _run_serve))
 
 
 # --------------------------------------------------------------------------- demo

@@ -34,7 +34,7 @@ class PolicyConfig:
     n_expert_layers: int = 3
     mlp_ratio: int = 4
     dropout: float = 0.0
-    image_encoder: str = field(default="conv", metadata={"help": "conv (from scratch) or efficientnet_lite0 (ImageNet)"})
+    image_encoder: str = field(default="conv", metadata={"help": "conv (from scratch, pooled grid), keypoints (from scratch, spatial softmax) or efficientnet_lite0 (ImageNet)"})
     image_tokens: int = field(default=9, metadata={"help": "tokens per camera (a square number)"})
     image_shift: int = field(default=4, metadata={"help": "random-shift augmentation in pixels (0: off)"})
     # ---- action head

@@ -132,7 +132,39 @@ class EfficientNetLite0Encoder(nn.Module):
         return self.pool(self.proj(features)).flatten(2).transpose(1, 2) + self.pos
 
 
-IMAGE_ENCODERS = {"conv": ConvImageEncoder, "efficientnet_lite0": EfficientNetLite0Encoder}
+class KeypointImageEncoder(nn.Module):
+    """The conv trunk with a spatial-softmax head (robomimic's visuomotor recipe): one token per
+    learned keypoint, carrying its expected (x, y) image position and the feature it pools.
+
+    Average-pooling an 11x11 map to a 3x3 grid blurs where the cube is to a third of the image;
+    a spatial softmax keeps sub-pixel positions, which is what grasping needs.
+    """
+
+    def __init__(self, d: int, tokens: int):
+        super().__init__()
+
+        def block(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
+            return [nn.Conv2d(c_in, c_out, 3, stride, 1), nn.GroupNorm(8, c_out), nn.GELU()]
+
+        self.trunk = nn.Sequential(*block(3, 32, 2), *block(32, 64, 2), *block(64, 128, 1))  # 84 px -> 21x21
+        self.keypoints = nn.Conv2d(128, tokens, 1)
+        self.value = nn.Conv2d(128, d, 1)
+        self.position = nn.Linear(2, d)
+        self.embed = nn.Parameter(torch.zeros(1, tokens, d))
+
+    def forward(self, images: Tensor) -> Tensor:
+        features = self.trunk(images * 2 - 1)  # (B, 128, h, w)
+        b, _, h, w = features.shape
+        attention = self.keypoints(features).flatten(2).softmax(-1)  # (B, K, h*w)
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=images.device),
+                                torch.linspace(-1, 1, w, device=images.device), indexing="ij")
+        grid = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1)  # (h*w, 2)
+        expected_xy = attention @ grid  # (B, K, 2)
+        pooled = attention @ self.value(features).flatten(2).transpose(1, 2)  # (B, K, d)
+        return self.position(expected_xy) + pooled + self.embed
+
+
+IMAGE_ENCODERS = {"conv": ConvImageEncoder, "keypoints": KeypointImageEncoder, "efficientnet_lite0": EfficientNetLite0Encoder}
 
 
 def random_shift(images: Tensor, pad: int, generator: torch.Generator | None = None) -> Tensor:

@@ -1,0 +1,517 @@
+"""The policy node: cameras + joint states + an instruction in, JointTrajectory goals out.
+
+    camera images ─┐                        ┌─> /<controller>/joint_trajectory (or the
+    /joint_states ─┼─> observation ─> policy ┤      FollowJointTrajectory action)
+    instruction  ──┘    (inference thread)  └─> /franka_gripper/{grasp,move}
+
+Inference runs in its own thread, started by the first camera frame after a new chunk is
+wanted (so the observation is the freshest there is); the chunk goes to a ChunkScheduler
+(timestamped actions, late ones dropped, optional temporal ensembling) and is published at
+once; a control timer re-publishes from the scheduler at ``control_hz`` and never waits on the
+model. Every trajectory passes the SafetyLayer (limits, step clamp, workspace, watchdog,
+e-stop latch); anything refused makes the arm hold. Services ~/enable, ~/estop, ~/reset.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from vla_ros.ros_util import declare_config, msg_to_image, s_to_duration, stamp_to_s
+
+DEFAULT_CAMERAS = ("scene=/camera/camera/color/image_raw", "wrist=/wrist_camera/wrist_camera/color/image_raw")
+
+
+@dataclass
+class PolicyNodeConfig:
+    checkpoint: str = ""  # a `vla train` checkpoint directory (in-process inference) ...
+    server_host: str = ""  # ... or a `vla serve` policy server
+    server_port: int = 8000
+    api_key: str = ""
+    device: str = "cpu"  # used as given: a missing GPU is an error, never a silent CPU fallback
+    seed: int = 0
+    arm_id: str = "fr3"  # joint names <arm_id>_joint1..7
+    robot: str = "fr3"  # joint-limit table: fr3 or panda
+    controller: str = "fr3_arm_controller"
+    command_interface: str = "topic"  # topic (JointTrajectory) or action (FollowJointTrajectory)
+    gripper: str = "franka"  # franka (franka_gripper grasp/move actions) or none
+    joint_states_topic: str = "/joint_states"
+    cameras: tuple[str, ...] = DEFAULT_CAMERAS  # <policy camera>=<topic>
+    compressed_images: bool = False  # subscribe to <topic>/compressed (sensor_msgs/CompressedImage)
+    resize_images: bool = False  # resize camera frames to the policy's size (else a mismatch is refused)
+    instruction: str = ""  # default task instruction; /task_instruction overrides it
+    instruction_topic: str = "/task_instruction"
+    state_layout: str = "robomimic_panda"
+    action_space: str = "ee_delta"
+    ee_delta_gain: float = 1.0  # scales end-effector deltas (policies trained on a compliant controller)
+    base_pos: tuple[float, ...] = (0.0, 0.0, 0.0)  # robot base in the frame the policy was trained in
+    base_quat: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0)  # wxyz
+    control_hz: float = 20.0  # the policy's control rate (one action per tick)
+    n_action_steps: int = 0  # actions executed per chunk; 0 = the checkpoint's
+    temporal_ensemble: float = -1.0  # ACT weights exp(-m*i); negative = off
+    max_latency_s: float = 0.5
+    gripper_open_width: float = 0.08
+    gripper_speed: float = 0.1
+    grasp_force: float = 20.0
+    grasp_epsilon_outer: float = 0.08
+    velocity_scale: float = 0.5
+    accel_scale: float = 0.5
+    max_step_rad: float = 0.05
+    joint_margin_rad: float = 0.05
+    workspace_min: tuple[float, ...] = (0.2, -0.6, 0.02)  # end effector, robot base frame, m
+    workspace_max: tuple[float, ...] = (0.85, 0.6, 0.9)
+    stale_joint_state_s: float = 0.1
+    stale_image_s: float = 0.25
+    smooth_start_s: float = 2.0
+
+    def __post_init__(self):
+        from hardware.deployment import ACTION_SPACES, STATE_LAYOUTS
+
+        if bool(self.checkpoint) == bool(self.server_host):
+            raise ValueError("set exactly one of checkpoint (in-process policy) or server_host (policy server)")
+        for choice, allowed in ((self.command_interface, ("topic", "action")), (self.gripper, ("franka", "none"))):
+            if choice not in allowed:
+                raise ValueError(f"unknown option {choice!r}; available: {', '.join(allowed)}")
+        STATE_LAYOUTS.get(self.state_layout)
+        ACTION_SPACES.get(self.action_space)
+        if self.control_hz <= 0:
+            raise ValueError(f"control_hz must be positive, got {self.control_hz}")
+        if len(self.base_pos) != 3 or len(self.base_quat) != 4:
+            raise ValueError("base_pos needs 3 values and base_quat (wxyz) 4")
+        self.cameras = tuple(self.cameras)
+        for entry in self.cameras:
+            if "=" not in entry:
+                raise ValueError(f"cameras entries are '<policy camera>=<topic>', got {entry!r}")
+
+    def camera_topics(self) -> dict[str, str]:
+        return dict(entry.split("=", 1) for entry in self.cameras)
+
+
+class PolicyNode:
+    def __init__(self, node, config: PolicyNodeConfig):
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import CompressedImage, Image, JointState
+        from std_msgs.msg import String
+        from std_srvs.srv import Trigger
+        from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+        from hardware.action_chunks import ChunkScheduler, ChunkSchedulerConfig
+        from hardware.deployment import (
+            ACTION_SPACES, STATE_LAYOUTS, GripperSwitch, LatencyLog, LocalPolicy, Measurement, RemotePolicy,
+            feature_shapes,
+        )
+        from hardware.franka.kinematics import PandaKinematics
+        from hardware.franka.limits import ROBOTS
+        from hardware.safety import SafetyConfig, SafetyLayer, SafetyState
+        from vla import keys
+
+        self.node, self.config, self.log = node, config, node.get_logger()
+        self.keys, self.Measurement, self.SafetyState = keys, Measurement, SafetyState
+        self.JointTrajectory, self.JointTrajectoryPoint = JointTrajectory, JointTrajectoryPoint
+        self.String, self.DiagnosticArray = String, DiagnosticArray
+
+        # ---- the policy (fails loudly: no checkpoint or no server means no node)
+        if config.checkpoint:
+            self.policy = LocalPolicy(config.checkpoint, device=config.device, seed=config.seed)
+            source = f"checkpoint {config.checkpoint} on {config.device}"
+        else:
+            self.policy = RemotePolicy(config.server_host, config.server_port, api_key=config.api_key or None)
+            source = f"policy server {config.server_host}:{config.server_port}"
+        meta = self.policy.metadata
+        self.features = feature_shapes(meta)
+        self.cameras = config.camera_topics()
+        image_features = [f for f in self.features if f.startswith(keys.OBS_IMAGE_PREFIX)]
+        wanted = {keys.camera_of(f) for f in image_features}
+        missing = sorted(wanted - set(self.cameras))
+        if missing:
+            raise ValueError(f"the policy needs camera(s) {missing}; configured: {sorted(self.cameras)}")
+        privileged = sorted(set(self.features) - {keys.OBS_STATE} - set(image_features))
+        if privileged:
+            raise ValueError(f"the policy needs {privileged}, which a robot cannot measure; deploy a policy trained on "
+                             f"{keys.OBS_STATE} and camera images only")
+        action_cls = ACTION_SPACES.get(config.action_space)
+        if meta["action_dim"] != action_cls.action_dim:
+            raise ValueError(f"action space {config.action_space!r} has {action_cls.action_dim} dims; "
+                             f"the policy outputs {meta['action_dim']}")
+
+        self.kinematics = PandaKinematics(base_pos=config.base_pos, base_quat=config.base_quat)
+        base_frame = PandaKinematics()  # the safety layer's workspace box is in the robot base frame
+        self.state_fn = STATE_LAYOUTS.get(config.state_layout)
+        self.action_space = action_cls(self.kinematics, gain=config.ee_delta_gain)
+        self.joint_names = [f"{config.arm_id}_joint{i}" for i in range(1, 8)]
+        self.finger_names = [f"{config.arm_id}_finger_joint1", f"{config.arm_id}_finger_joint2"]
+        safety_names = list(ROBOTS.get(config.robot).joint_names)
+        self._to_safety_names = dict(zip(self.joint_names, safety_names, strict=True))
+        self.safety = SafetyLayer(
+            SafetyConfig(robot=config.robot, velocity_scale=config.velocity_scale, accel_scale=config.accel_scale,
+                         max_step_rad=config.max_step_rad, joint_margin_rad=config.joint_margin_rad,
+                         workspace_min=tuple(config.workspace_min), workspace_max=tuple(config.workspace_max),
+                         stale_joint_state_s=config.stale_joint_state_s, stale_image_s=config.stale_image_s,
+                         smooth_start_s=config.smooth_start_s, control_dt=1.0 / config.control_hz,
+                         cameras=tuple(sorted(wanted))),
+            fk=lambda q: base_frame.fk(q)[0],
+        )
+        k = config.n_action_steps or meta["n_action_steps"]
+        self.scheduler = ChunkScheduler(ChunkSchedulerConfig(
+            control_dt=1.0 / config.control_hz, n_action_steps=int(k), max_latency_s=config.max_latency_s,
+            temporal_ensemble=config.temporal_ensemble if config.temporal_ensemble >= 0 else None))
+        self.gripper_switch = GripperSwitch()
+        self.latency = LatencyLog()
+
+        # ---- latest inputs (written by callbacks, read by the inference thread)
+        self.lock = threading.Lock()
+        self.images: dict[str, tuple[np.ndarray, float, float]] = {}  # camera -> (rgb, stamp, receipt perf_counter)
+        self.measurement = None
+        self.instruction = config.instruction
+        self.frame_event = threading.Event()
+        self.control_lock = threading.Lock()
+        self.published = 0
+        self.rate_window: list[float] = []
+        self.error_log_times: dict[str, float] = {}
+        self.events_seen = 0
+        self.was_enabled = False
+
+        image_group = ReentrantCallbackGroup()
+        reliable = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
+        for camera, topic in self.cameras.items():
+            if camera not in wanted:
+                continue
+            msg_type, topic = (CompressedImage, topic + "/compressed") if config.compressed_images else (Image, topic)
+            node.create_subscription(msg_type, topic, lambda msg, c=camera: self._on_image(c, msg), reliable,
+                                     callback_group=image_group)
+        node.create_subscription(JointState, config.joint_states_topic, self._on_joint_state, 10, callback_group=image_group)
+        node.create_subscription(String, config.instruction_topic, self._on_instruction, 10)
+        self.trajectory_pub = node.create_publisher(JointTrajectory, f"/{config.controller}/joint_trajectory", 10)
+        self.events_pub = node.create_publisher(String, "/vla/policy_events", 50)
+        self.diagnostics_pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.trajectory_client = None
+        if config.command_interface == "action":
+            from control_msgs.action import FollowJointTrajectory
+            from rclpy.action import ActionClient
+
+            self.FollowJointTrajectory = FollowJointTrajectory
+            self.trajectory_client = ActionClient(node, FollowJointTrajectory, f"/{config.controller}/follow_joint_trajectory")
+        self.gripper_clients = None
+        if config.gripper == "franka":
+            from franka_msgs.action import Grasp, Move
+            from rclpy.action import ActionClient
+
+            self.Grasp, self.Move = Grasp, Move
+            self.gripper_clients = {"grasp": ActionClient(node, Grasp, "/franka_gripper/grasp"),
+                                    "move": ActionClient(node, Move, "/franka_gripper/move")}
+        services = MutuallyExclusiveCallbackGroup()
+        node.create_service(Trigger, "~/enable", self._on_enable, callback_group=services)
+        node.create_service(Trigger, "~/estop", self._on_estop, callback_group=services)
+        node.create_service(Trigger, "~/reset", self._on_reset, callback_group=services)
+        node.create_timer(1.0 / config.control_hz, self._on_control_timer, callback_group=MutuallyExclusiveCallbackGroup())
+        node.create_timer(1.0, self._publish_diagnostics)
+        self.running = True
+        self.inference_thread = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
+        self.inference_thread.start()
+        self.log.info(f"policy from {source}: {meta['head']} head, {meta['inference_steps']} NFE, chunk "
+                      f"{meta['chunk_size']} x {meta['action_dim']}, executing {k} per chunk at {config.control_hz} Hz; "
+                      f"cameras {self.cameras}; action space {config.action_space}; robot {config.robot}. "
+                      f"State: DISABLED (call ~/enable)")
+
+    # ------------------------------------------------------------------ helpers
+    def now(self) -> float:
+        return self.node.get_clock().now().nanoseconds * 1e-9
+
+    def _throttled_error(self, key: str, message: str, period_s: float = 1.0) -> None:
+        t = time.monotonic()
+        if t - self.error_log_times.get(key, -1e9) >= period_s:
+            self.error_log_times[key] = t
+            self.log.error(message)
+
+    # ------------------------------------------------------------------ inputs
+    def _on_image(self, camera: str, msg) -> None:
+        received = time.perf_counter()
+        try:
+            image = msg_to_image(msg)
+        except ValueError as err:
+            self.safety.counters["malformed_image"] = self.safety.counters.get("malformed_image", 0) + 1
+            self._throttled_error(f"image-{camera}", f"dropped a malformed {camera} image: {err}")
+            return
+        stamp = stamp_to_s(msg.header.stamp) or self.now()
+        with self.lock:
+            self.images[camera] = (image, stamp, received)
+        self.safety.observe_image(camera, stamp)
+        self.frame_event.set()
+
+    def _on_joint_state(self, msg) -> None:
+        names = list(msg.name)
+        positions = np.asarray(msg.position, dtype=np.float64)
+        if len(positions) != len(names):
+            self._throttled_error("joint_state", f"joint state with {len(names)} names but {len(positions)} positions")
+            return
+        index = {n: i for i, n in enumerate(names)}
+        arm = [n for n in self.joint_names if n in index]
+        stamp = stamp_to_s(msg.header.stamp) or self.now()
+        if len(arm) != 7:
+            # hand the safety layer what arrived so it refuses (and logs) with the names it got
+            self.safety.observe_joint_state(names, positions, stamp)
+            return
+        q = positions[[index[n] for n in self.joint_names]]
+        fingers = np.array([positions[index[n]] if n in index else 0.0 for n in self.finger_names])
+        if self.safety.observe_joint_state([self._to_safety_names[n] for n in self.joint_names], q, stamp):
+            with self.lock:
+                self.measurement = self.Measurement(q=q, fingers=fingers, stamp=stamp)
+
+    def _on_instruction(self, msg) -> None:
+        with self.lock:
+            self.instruction = msg.data
+        self.log.info(f"instruction: {msg.data!r}")
+
+    # ------------------------------------------------------------------ inference thread
+    def _snapshot(self) -> tuple[dict, float, float]:
+        """The observation dict from the newest inputs, its stamp, and the newest frame's receipt time."""
+        from vla import keys
+
+        with self.lock:
+            images, measurement, instruction = dict(self.images), self.measurement, self.instruction
+        if measurement is None:
+            raise ValueError("no joint state yet")
+        obs = {}
+        for feature, shape in self.features.items():
+            if feature == keys.OBS_STATE:
+                obs[feature] = self.state_fn(self.kinematics, measurement)
+            elif feature.startswith(keys.OBS_IMAGE_PREFIX):
+                camera = keys.camera_of(feature)
+                if camera not in images:
+                    raise ValueError(f"no {camera} image yet")
+                image = images[camera][0]
+                if image.shape != shape:
+                    if not self.config.resize_images:
+                        raise ValueError(f"{camera} image is {image.shape}, the policy was trained on {shape}; "
+                                         "set resize_images:=true to resize")
+                    image = _resize(image, shape)
+                obs[feature] = image
+        obs[keys.TASK] = instruction
+        newest = max(images.values(), key=lambda item: item[2]) if images else None
+        return obs, measurement.stamp, newest[2] if newest else time.perf_counter()
+
+    def _inference_loop(self) -> None:
+        from hardware.deployment import check_observation
+
+        while self.running:
+            if not (self.safety.state is self.SafetyState.ENABLED and self.scheduler.needs_inference(self.now())):
+                time.sleep(0.002)
+                continue
+            self.frame_event.clear()
+            if not self.frame_event.wait(timeout=0.2):  # take the observation right after a fresh frame
+                continue
+            self.scheduler.mark_requested()
+            t0 = time.perf_counter()
+            try:
+                obs, obs_stamp, frame_received = self._snapshot()
+                check_observation(self.policy.metadata, obs)
+            except ValueError as err:
+                self.scheduler.cancel_request()
+                self._throttled_error("observation", f"no inference: {err}")
+                continue
+            t1 = time.perf_counter()
+            try:
+                chunk = self.policy.infer(obs)
+            except Exception as err:  # a dead server or a failing model: hold and latch, loudly
+                self.scheduler.cancel_request()
+                self.safety.estop(f"policy inference failed: {err}", now=self.now())
+                self.log.error(f"policy inference failed, arm holds (latched; ~/reset to clear): {err}")
+                continue
+            t2 = time.perf_counter()
+            if not np.all(np.isfinite(chunk)) or chunk.ndim != 2 or chunk.shape[1] != self.action_space.action_dim:
+                self.scheduler.cancel_request()
+                kind = "refused_nonfinite" if not np.all(np.isfinite(chunk)) else "refused_shape"
+                self.safety.refuse(self.now(), kind, f"policy chunk of shape {chunk.shape} refused "
+                                   f"({'NaN/inf' if kind == 'refused_nonfinite' else 'wrong shape'}); the arm holds")
+                continue
+            if not self.scheduler.add_chunk(chunk, obs_stamp, self.now()):
+                continue
+            try:
+                published = self._control_step(source="chunk")
+            except Exception:  # noqa: BLE001 - only at shutdown: rclpy's context is already gone
+                if self.running and self.node.context.ok():
+                    raise
+                return
+            t3 = time.perf_counter()
+            self.latency.add("inference_ms", (t2 - t1) * 1e3)
+            self.latency.add("observation_ms", (t1 - t0) * 1e3)
+            if published:
+                self.latency.add("chunk_to_trajectory_ms", (t3 - t2) * 1e3)
+                self.latency.add("frame_to_trajectory_excl_inference_ms", (t3 - frame_received - (t2 - t1)) * 1e3)
+
+    # ------------------------------------------------------------------ control
+    def _on_control_timer(self) -> None:
+        now = self.now()
+        self.safety.check_watchdog(now)
+        enabled = self.safety.state is self.SafetyState.ENABLED
+        if enabled:
+            self._control_step(source="timer")
+        elif self.was_enabled and self.safety.measured_pose is not None:
+            self._publish(self.safety.hold_trajectory(now), now)  # stop where the arm is, once
+        self.was_enabled = enabled
+        self._publish_events()
+
+    def _control_step(self, source: str) -> bool:
+        with self.control_lock:
+            now = self.now()
+            dt = 1.0 / self.config.control_hz
+            actions = []  # the actions due from now on, up to k: the next chunk (or tick) replaces the rest
+            while len(actions) < self.scheduler.config.n_action_steps:
+                action = self.scheduler.action_at(now + len(actions) * dt)
+                if action is None:
+                    break
+                actions.append(action)
+            if not actions:
+                return False
+            with self.lock:
+                measurement = self.measurement
+            if measurement is None:
+                return False
+            q_targets, grippers, converged = self.action_space.joint_targets(measurement.q, np.stack(actions))
+            if not converged:
+                self.safety.counters["ik_not_converged"] = self.safety.counters.get("ik_not_converged", 0) + 1
+            times = dt * np.arange(1, len(q_targets) + 1)
+            names = [self._to_safety_names[n] for n in self.joint_names]
+            safe = self.safety.filter_trajectory(names, q_targets, times, now)
+            if safe is None:
+                self._publish(self.safety.hold_trajectory(now), now)
+                return False
+            self._publish(safe, now)
+            command = self.gripper_switch.update(float(grippers[0]))
+            if command and self.gripper_clients:
+                self._command_gripper(command)
+            return True
+
+    def _publish(self, trajectory, now: float) -> None:
+        from vla_ros.ros_util import s_to_stamp
+
+        msg = self.JointTrajectory()
+        msg.header.stamp = s_to_stamp(now)
+        safety_to_ours = {v: k for k, v in self._to_safety_names.items()}
+        msg.joint_names = [safety_to_ours[n] for n in trajectory.names]
+        for q, t in zip(trajectory.positions, trajectory.times, strict=True):
+            msg.points.append(self.JointTrajectoryPoint(positions=[float(x) for x in q], time_from_start=s_to_duration(float(t))))
+        if self.trajectory_client is not None:
+            goal = self.FollowJointTrajectory.Goal()
+            goal.trajectory = msg
+            self.trajectory_client.send_goal_async(goal)
+        else:
+            self.trajectory_pub.publish(msg)
+        self.published += 1
+        self.rate_window.append(time.monotonic())
+
+    def _command_gripper(self, command: str) -> None:
+        c = self.config
+        if command == "close":
+            goal = self.Grasp.Goal(width=0.0, speed=c.gripper_speed, force=c.grasp_force)
+            goal.epsilon.inner, goal.epsilon.outer = 0.005, c.grasp_epsilon_outer
+            self.gripper_clients["grasp"].send_goal_async(goal)
+        else:
+            self.gripper_clients["move"].send_goal_async(self.Move.Goal(width=c.gripper_open_width, speed=c.gripper_speed))
+        self.log.info(f"gripper: {command}")
+
+    # ------------------------------------------------------------------ services
+    def _on_enable(self, _request, response):
+        outcome = self.safety.enable(self.now())
+        response.success, response.message = bool(outcome), outcome.message
+        return response
+
+    def _on_estop(self, _request, response):
+        outcome = self.safety.estop("e-stop service called", self.now())
+        self.scheduler.reset()
+        if self.safety.measured_pose is not None:
+            self._publish(self.safety.hold_trajectory(self.now()), self.now())
+        response.success, response.message = bool(outcome), outcome.message
+        return response
+
+    def _on_reset(self, _request, response):
+        with self.control_lock:
+            self.scheduler.reset()
+            self.action_space.reset()
+            self.gripper_switch.reset()
+            outcome = self.safety.reset(self.now())
+        response.success, response.message = bool(outcome), outcome.message
+        return response
+
+    # ------------------------------------------------------------------ diagnostics
+    def _publish_events(self) -> None:
+        events = list(self.safety.events)
+        total = sum(self.safety.counters.values())  # cheap change detector
+        if total == self.events_seen:
+            return
+        self.events_seen = total
+        for event in events[-5:]:
+            self.events_pub.publish(self.String(data=json.dumps({"time": event.time, "kind": event.kind, "detail": event.detail})))
+
+    def command_rate_hz(self) -> float:
+        t = time.monotonic()
+        self.rate_window = [x for x in self.rate_window if t - x <= 2.0]
+        return len(self.rate_window) / 2.0
+
+    def _publish_diagnostics(self) -> None:
+        from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+
+        state = self.safety.state
+        level = {self.SafetyState.ENABLED: DiagnosticStatus.OK, self.SafetyState.DISABLED: DiagnosticStatus.OK,
+                 self.SafetyState.HOLD: DiagnosticStatus.WARN}.get(state, DiagnosticStatus.ERROR)
+        values = {"state": state.value, "latched": str(self.safety.latched_reason or ""),
+                  "command_rate_hz": f"{self.command_rate_hz():.1f}", "trajectories_published": str(self.published)}
+        for stage, s in self.latency.summary().items():
+            values[f"{stage}.p50"], values[f"{stage}.p99"] = f"{s['p50']:.3f}", f"{s['p99']:.3f}"
+        values.update({f"safety.{k}": str(v) for k, v in self.safety.counters.items()})
+        values.update({f"chunks.{k}": str(v) for k, v in self.scheduler.counters.items()})
+        status = DiagnosticStatus(level=level, name="vla_policy", message=values["latched"] or state.value,
+                                  hardware_id=self.config.arm_id,
+                                  values=[KeyValue(key=k, value=v) for k, v in values.items()])
+        msg = self.DiagnosticArray(status=[status])
+        msg.header.stamp = self.node.get_clock().now().to_msg()
+        self.diagnostics_pub.publish(msg)
+
+    def shutdown(self) -> None:
+        self.running = False
+        self.inference_thread.join(timeout=2.0)
+        self.policy.close()
+
+
+def _resize(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    from PIL import Image as PILImage
+
+    return np.asarray(PILImage.fromarray(image).resize((shape[1], shape[0]), PILImage.BILINEAR))
+
+
+def main(args: list[str] | None = None) -> int:
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = rclpy.create_node("vla_policy")
+    try:
+        config = declare_config(node, PolicyNodeConfig)
+        policy_node = PolicyNode(node, config)
+    except (ValueError, TypeError, RuntimeError, ConnectionError, FileNotFoundError) as err:
+        node.get_logger().fatal(f"cannot start: {err}")
+        node.destroy_node()
+        rclpy.try_shutdown()
+        return 2
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        policy_node.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Small helpers shared by the nodes: typed parameters, image messages, time."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import typing
+from typing import Any, TypeVar
+
+import numpy as np
+
+C = TypeVar("C")
+BUILTIN_PARAMETERS = {"use_sim_time", "start_type_description_service"}  # every Jazzy node declares these
+
+
+def declare_config(node, config_class: type[C]) -> C:
+    """Declare one ROS parameter per field of a config dataclass and build it from their values.
+
+    The dataclass's ``__post_init__`` validates, so a bad YAML value stops the node at start-up
+    with the dataclass's message instead of surfacing mid-run. Tuples map to array parameters.
+    """
+    hints = typing.get_type_hints(config_class)
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(config_class):
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
+        if default is None:  # ROS parameters are typed by their default: node configs use "" / 0.0 sentinels
+            raise TypeError(f"{config_class.__name__}.{field.name} needs a non-None default to be a ROS parameter")
+        node.declare_parameter(field.name, list(default) if isinstance(default, tuple) else default)
+        value = node.get_parameter(field.name).value
+        if isinstance(default, tuple) and value is not None:
+            value = tuple(value)
+        if hints[field.name] is float and isinstance(value, int):
+            value = float(value)
+        values[field.name] = value
+    # Values given on the command line or in a YAML file but never declared: a typo that would
+    # otherwise be ignored silently (rclpy keeps them as overrides until something declares them).
+    given = set(getattr(node, "_parameter_overrides", {})) | set(node.get_parameters_by_prefix("").keys())
+    unknown = sorted(given - set(values) - BUILTIN_PARAMETERS)
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown} for {node.get_name()}; available: {', '.join(values)}")
+    return config_class(**values)
+
+
+# --------------------------------------------------------------------------- images
+_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+
+
+def image_to_msg(image: np.ndarray, stamp, frame_id: str = ""):
+    from sensor_msgs.msg import Image
+
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) rgb image, got {image.shape}")
+    msg = Image()
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = int(image.shape[0]), int(image.shape[1])
+    msg.encoding = "rgb8"
+    msg.step = 3 * msg.width
+    msg.data = image.tobytes()
+    return msg
+
+
+def msg_to_image(msg) -> np.ndarray:
+    """sensor_msgs/Image or CompressedImage -> (H, W, 3) rgb uint8; malformed messages raise ValueError."""
+    if hasattr(msg, "format"):  # CompressedImage (jpeg/png)
+        from PIL import Image as PILImage
+
+        try:
+            return np.asarray(PILImage.open(io.BytesIO(bytes(msg.data))).convert("RGB"))
+        except Exception as err:  # PIL raises several unrelated types for corrupt data
+            raise ValueError(f"undecodable {msg.format!r} compressed image: {err}") from err
+    channels = _CHANNELS.get(msg.encoding)
+    if channels is None:
+        raise ValueError(f"unsupported image encoding {msg.encoding!r}; supported: {', '.join(_CHANNELS)}")
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h <= 0 or w <= 0 or step < w * channels or len(msg.data) != h * step:
+        raise ValueError(f"malformed image: {w}x{h} {msg.encoding} step {step} with {len(msg.data)} bytes")
+    rows = np.frombuffer(bytes(msg.data), dtype=np.uint8).reshape(h, step)[:, : w * channels]
+    image = rows.reshape(h, w, channels)
+    if msg.encoding.startswith("bgr"):
+        image = image[..., [2, 1, 0]]
+    elif channels == 1:
+        image = np.repeat(image, 3, axis=2)
+    return np.ascontiguousarray(image[..., :3])
+
+
+# --------------------------------------------------------------------------- time
+def stamp_to_s(stamp) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def s_to_stamp(t: float):
+    from builtin_interfaces.msg import Time
+
+    sec, nanosec = divmod(int(round(t * 1e9)), 1_000_000_000)
+    return Time(sec=sec, nanosec=nanosec)
+
+
+def s_to_duration(t: float):
+    from builtin_interfaces.msg import Duration
+
+    sec, nanosec = divmod(int(round(t * 1e9)), 1_000_000_000)
+    return Duration(sec=sec, nanosec=nanosec)

@@ -1,0 +1,276 @@
+"""The policy node in its own process, over real DDS, against publishers that imitate a Franka's
+/joint_states and a RealSense's image topic (the one thing here that cannot be real: the robot).
+
+Each test gets its own ROS_DOMAIN_ID; the policies are tiny random checkpoints whose action
+statistics make them command far beyond the FR3's limits (or NaN), which the node must refuse
+or clamp.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hardware.franka.limits import FR3
+from vla import keys
+from vla.policies.checkpoint import save_policy
+from vla.policies.config import PolicyConfig
+from vla.policies.flow_policy import FlowPolicy
+
+ARM = [f"fr3_joint{i}" for i in range(1, 8)]
+IMAGE = (32, 32, 3)
+MARGIN = 0.05
+
+
+def make_checkpoint(path: Path, action_low: float, action_high: float, nan: bool = False) -> Path:
+    config = PolicyConfig(
+        vector_features=(keys.OBS_STATE,), image_features=(keys.image_key("scene"),),
+        feature_shapes={keys.OBS_STATE: [8], keys.image_key("scene"): list(IMAGE)}, action_dim=8, chunk_size=4,
+        n_action_steps=2, d_model=32, n_heads=2, n_expert_layers=1, image_tokens=4, head="meanflow")
+    torch.manual_seed(0)
+    policy = FlowPolicy(config)
+    if nan:  # statistics that turn every action into NaN when unnormalized
+        action_low = action_high = float("nan")
+    stats = {keys.OBS_STATE: {"mean": torch.zeros(8), "std": torch.ones(8), "min": -torch.ones(8), "max": torch.ones(8)},
+             keys.ACTION: {"mean": torch.zeros(8), "std": torch.ones(8),
+                           "min": torch.full((8,), action_low), "max": torch.full((8,), action_high)}}
+    policy.set_normalization(stats)
+    save_policy(policy, stats, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpts")
+    return {"wild": make_checkpoint(root / "wild", -6.0, 6.0), "nan": make_checkpoint(root / "nan", -1, 1, nan=True)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class FakeFranka:
+    """Publishes /joint_states (100 Hz) and a camera topic (20 Hz); records the node's outputs."""
+
+    def __init__(self, domain_id: int):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from sensor_msgs.msg import Image, JointState
+        from std_msgs.msg import String
+        from std_srvs.srv import Trigger
+        from trajectory_msgs.msg import JointTrajectory
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.node = rclpy.create_node("fake_franka", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.q = FR3.home.copy()
+        self.publish_images = True
+        self.malformed_images = False
+        self.trajectories: list = []
+        self.events: list[dict] = []
+        self.diagnostics: dict[str, str] = {}
+        self.Image, self.JointState, self.Trigger = Image, JointState, Trigger
+        self.joint_pub = self.node.create_publisher(JointState, "/joint_states", 10)
+        self.image_pub = self.node.create_publisher(Image, "/camera/camera/color/image_raw", 10)
+        self.node.create_subscription(JointTrajectory, "/fr3_arm_controller/joint_trajectory", self.trajectories.append, 50)
+        self.node.create_subscription(String, "/vla/policy_events", lambda m: self.events.append(json.loads(m.data)), 50)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        self.node.create_timer(0.01, self._publish_joints)
+        self.node.create_timer(0.05, self._publish_image)
+        self.clients = {s: self.node.create_client(Trigger, f"/vla_policy/{s}") for s in ("enable", "estop", "reset")}
+        self.running = True
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self):
+        while self.running:
+            self.executor.spin_once(timeout_sec=0.01)
+
+    def _on_diagnostics(self, msg):
+        for status in msg.status:
+            if status.name == "vla_policy":
+                self.diagnostics = {kv.key: kv.value for kv in status.values}
+
+    def _stamp(self):
+        return self.node.get_clock().now().to_msg()
+
+    def _publish_joints(self):
+        msg = self.JointState(name=ARM + ["fr3_finger_joint1", "fr3_finger_joint2"],
+                              position=[*map(float, self.q), 0.04, 0.04])
+        msg.header.stamp = self._stamp()
+        self.joint_pub.publish(msg)
+
+    def _publish_image(self):
+        if not self.publish_images:
+            return
+        msg = self.Image(height=IMAGE[0], width=IMAGE[1], encoding="rgb8", step=IMAGE[1] * 3)
+        msg.header.stamp = self._stamp()
+        n = IMAGE[0] * IMAGE[1] * 3 - (7 if self.malformed_images else 0)
+        msg.data = np.random.default_rng(0).integers(0, 255, n, dtype=np.uint8).tobytes()
+        self.image_pub.publish(msg)
+
+    def call(self, service: str, timeout_s: float = 10.0):
+        client = self.clients[service]
+        assert client.wait_for_service(timeout_sec=timeout_s), f"/vla_policy/{service} not available"
+        future = client.call_async(self.Trigger.Request())
+        end = time.monotonic() + timeout_s
+        while not future.done():
+            assert time.monotonic() < end, f"/vla_policy/{service} timed out"
+            time.sleep(0.01)
+        return future.result()
+
+    def wait_for(self, predicate, timeout_s: float, what: str):
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if predicate():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def close(self):
+        self.running = False
+        self.thread.join(timeout=2)
+        self.node.destroy_node()
+        import rclpy
+
+        rclpy.shutdown(context=self.context)
+
+
+def start_policy_node(domain_id: int, tmp_path: Path, **params) -> subprocess.Popen:
+    defaults = {"arm_id": "fr3", "robot": "fr3", "gripper": "none", "action_space": "joint_position",
+                "state_layout": "joint_state", "cameras": '["scene=/camera/camera/color/image_raw"]',
+                "smooth_start_s": 0.0, "max_step_rad": 0.05, "joint_margin_rad": MARGIN, "stale_image_s": 0.3,
+                "stale_joint_state_s": 0.3, "workspace_min": "[-2.0, -2.0, -2.0]", "workspace_max": "[2.0, 2.0, 2.0]"}
+    args = []
+    for name, value in {**defaults, **params}.items():
+        args += ["-p", f"{name}:={value}"]
+    env = {**os.environ, "ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+    log = open(tmp_path / f"policy_node_{domain_id}.log", "w")
+    return subprocess.Popen([sys.executable, "-m", "vla_ros.policy_node", "--ros-args", *args], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> int:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.wait()
+
+
+def domain() -> int:
+    return 100 + (os.getpid() * 7 + int(time.monotonic() * 1000)) % 100
+
+
+@pytest.fixture
+def graph(request, checkpoints, tmp_path):
+    """(fake robot, policy node process) for the checkpoint named by the test's parameter."""
+    params = dict(getattr(request, "param", {}))
+    which = params.pop("checkpoint", "wild")
+    d = domain()
+    robot = FakeFranka(d)
+    proc = start_policy_node(d, tmp_path, checkpoint=checkpoints[which], **params)
+    yield robot, proc
+    robot.close()
+    code = stop(proc)
+    print((tmp_path / f"policy_node_{d}.log").read_text()[-3000:])
+    assert code in (0, -signal.SIGINT), f"policy node exited with {code}"
+
+
+def positions(traj) -> np.ndarray:
+    order = [list(traj.joint_names).index(n) for n in ARM]
+    return np.array([[p.positions[i] for i in order] for p in traj.points])
+
+
+def test_limits_clamped_to_the_fr3_table_and_estop_latches_until_reset(graph):
+    robot, proc = graph
+    robot.wait_for(lambda: robot.diagnostics, 60, "the node's diagnostics")
+    assert not robot.call("enable").success or True  # may race the first frames; retried below
+    robot.wait_for(lambda: robot.call("enable").success, 10, "enable to succeed")
+    robot.wait_for(lambda: len(robot.trajectories) >= 10, 30, "10 trajectories")
+    lo, hi = FR3.q_min + MARGIN - 1e-9, FR3.q_max - MARGIN + 1e-9
+    first = positions(robot.trajectories[0])[0]
+    assert np.abs(first - robot.q).max() <= 0.05 + 1e-6, "the first target jumps away from the measured pose"
+    for traj in list(robot.trajectories):
+        q = positions(traj)
+        assert np.all(q >= lo) and np.all(q <= hi), "a target outside the FR3 limits (minus margin) was sent"
+        if len(q) > 1:
+            assert np.abs(np.diff(q, axis=0)).max() <= 0.05 + 1e-6, "a step between points > max_step_rad"
+    assert any("clip" in e["kind"] or "step" in e["kind"] or "velocity" in e["kind"] for e in robot.events), robot.events
+
+    assert robot.call("estop").success
+    time.sleep(0.3)
+    n = len(robot.trajectories)
+    time.sleep(1.0)
+    after = robot.trajectories[n:]
+    assert all(len(t.points) == 1 and np.allclose(positions(t)[0], robot.q) for t in after), "moved after e-stop"
+    enable = robot.call("enable")
+    assert not enable.success and "reset" in enable.message
+    assert robot.call("reset").success
+    assert robot.call("enable").success
+    robot.wait_for(lambda: len(robot.trajectories) > n + len(after) + 3, 10, "trajectories after reset + enable")
+    assert proc.poll() is None
+
+
+def test_watchdog_holds_on_stale_images_and_latches(graph):
+    robot, _ = graph
+    robot.wait_for(lambda: robot.diagnostics, 60, "the node's diagnostics")
+    robot.wait_for(lambda: robot.call("enable").success, 10, "enable to succeed")
+    robot.wait_for(lambda: len(robot.trajectories) >= 3, 30, "trajectories")
+    robot.publish_images = False
+    robot.wait_for(lambda: robot.diagnostics.get("state") == "hold" or "watchdog" in robot.diagnostics.get("latched", ""),
+                   5, "the watchdog to latch")
+    assert "scene" in robot.diagnostics["latched"]
+    n = len(robot.trajectories)
+    time.sleep(1.0)
+    assert all(len(t.points) == 1 for t in robot.trajectories[n:]), "policy motion while the camera is stale"
+    robot.publish_images = True
+    time.sleep(0.5)
+    assert not robot.call("enable").success  # latched: fresh frames alone do not resume
+    assert robot.call("reset").success and robot.call("enable").success
+
+
+@pytest.mark.parametrize("graph", [{"checkpoint": "nan"}], indirect=True)
+def test_nan_actions_are_refused_and_the_arm_holds(graph):
+    robot, _ = graph
+    robot.wait_for(lambda: robot.diagnostics, 60, "the node's diagnostics")
+    robot.wait_for(lambda: robot.call("enable").success, 10, "enable to succeed")
+    robot.wait_for(lambda: any(e["kind"] == "refused_nonfinite" for e in robot.events), 20, "a NaN refusal event")
+    for traj in robot.trajectories:
+        q = positions(traj)
+        assert np.all(np.isfinite(q)) and len(q) == 1 and np.allclose(q[0], robot.q), "only holds may be sent"
+
+
+def test_malformed_images_are_dropped_and_counted(graph):
+    robot, proc = graph
+    robot.malformed_images = True
+    robot.wait_for(lambda: int(robot.diagnostics.get("safety.malformed_image", 0)) > 3, 60, "malformed images counted")
+    enable = robot.call("enable")
+    assert not enable.success and "scene" in enable.message  # no valid frame: nothing to act on
+    assert proc.poll() is None
+
+
+def test_unreachable_policy_server_stops_the_node_with_a_clear_error(tmp_path):
+    port = free_port()
+    proc = start_policy_node(domain(), tmp_path, server_host="127.0.0.1", server_port=port)
+    assert proc.wait(timeout=60) == 2
+    log = next(tmp_path.glob("policy_node_*.log")).read_text()
+    assert f"127.0.0.1:{port}" in log, log[-2000:]
