@@ -176,11 +176,13 @@ VERBS.add("dataset", Verb("inspect and convert datasets", _configure_dataset, _r
 def _bench_suites() -> dict[str, tuple[type, Callable, str]]:
     from sim.bench import BenchExpertsConfig, BenchSimConfig, run_bench_experts, run_bench_sim
     from vla.bench.policy_latency import BenchPolicyConfig, run_bench_policy
+    from vla.bench.train_throughput import BenchTrainConfig, run_bench_train
 
     return {
         "sim": (BenchSimConfig, run_bench_sim, "raw simulator vs wrapper steps/s, subprocess scaling"),
         "experts": (BenchExpertsConfig, run_bench_experts, "success rate of each scripted expert"),
         "policy": (BenchPolicyConfig, run_bench_policy, "inference latency per chunk vs NFE and LeRobot peers"),
+        "train": (BenchTrainConfig, run_bench_train, "training samples/s of vla train vs lerobot-train"),
     }
 
 

@@ -3,8 +3,8 @@
     python -m vla_ros.graph_eval --checkpoint data/runs/lift_dm1_image/checkpoints/last \
         --episodes 20 --out data/runs/ros_e2e
 
-Starts ``sim_franka_node`` and ``policy_node`` as separate processes on a private ROS domain
-(they talk over DDS, with sim time), then per episode: ``/sim/reset`` (the scene `vla eval`
+Brings up launch/graphs/sim_lift.yaml with ``vla_ros.launcher`` (``sim_franka_node`` and
+``policy_node`` as separate processes on a private ROS domain, talking over DDS, sim time), then per episode: ``/sim/reset`` (the scene `vla eval`
 would start from, same seeds), ``/vla_policy/reset`` + ``/vla_policy/enable``, and waits on
 ``/sim/status`` for success or the horizon. Writes results.json: success rate with a Wilson
 interval, per-episode seeds and outcomes, and the node's latency and command-rate diagnostics.
@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 
 
@@ -29,41 +29,14 @@ class GraphEvalConfig:
     checkpoint: str
     out: str = "data/runs/ros_e2e"
     episodes: int = 20
-    policy_params: str = "launch/params/policy_sim_lift.yaml"
-    sim_params: str = "launch/params/sim_franka_lift.yaml"
+    graph: str = "launch/graphs/sim_lift.yaml"  # brought up by vla_ros.launcher
     seed: int = 1000  # `vla eval`'s default episode seeds
     horizon_s: float = 20.0  # RoboMimic Lift: 400 steps at 20 Hz
     real_time_factor: float = 0.5
     image_size: int = 0  # 0: the checkpoint's
     domain_id: int = -1  # -1: derived from the process id
-    policy_overrides: list[str] = field(default_factory=list)  # name:=value
+    overrides: list[str] = field(default_factory=list)  # node.param=value, as `launcher --set`
     startup_timeout_s: float = 120.0
-
-
-def _ros_args(params_file: str, overrides: list[str]) -> list[str]:
-    args = ["--ros-args"]
-    if params_file:
-        args += ["--params-file", str(params_file)]
-    for item in overrides:
-        args += ["-p", item]
-    return args
-
-
-def start_node(module: str, args: list[str], env: dict, log_path: Path) -> subprocess.Popen:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([sys.executable, "-m", module, *args], env=env, stdout=open(log_path, "w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop_node(proc: subprocess.Popen, timeout_s: float = 10.0) -> int:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return proc.returncode
 
 
 class Harness:
@@ -88,6 +61,11 @@ class Harness:
         self.node.create_subscription(String, "/sim/status", lambda m: setattr(self, "status", json.loads(m.data)), 10)
         self.node.create_subscription(String, "/vla/policy_events", lambda m: self.events.append(json.loads(m.data)), 50)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        from trajectory_msgs.msg import JointTrajectory
+
+        self.trajectory_stamps: list[float] = []  # header stamps (node clock = sim time) of every command
+        self.node.create_subscription(JointTrajectory, "/fr3_arm_controller/joint_trajectory",
+                                      lambda m: self.trajectory_stamps.append(m.header.stamp.sec + m.header.stamp.nanosec * 1e-9), 100)
         self.clients = {name: self.node.create_client(Trigger, name)
                         for name in ("/sim/reset", "/vla_policy/reset", "/vla_policy/enable")}
 
@@ -101,12 +79,12 @@ class Harness:
         while time.monotonic() < end:
             self.executor.spin_once(timeout_sec=min(0.05, max(0.0, end - time.monotonic())))
 
-    def wait_ready(self, timeout_s: float, procs: dict[str, subprocess.Popen]) -> None:
+    def wait_ready(self, timeout_s: float, running) -> None:
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
-            for name, proc in procs.items():
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited with code {proc.returncode} during start-up (see its log)")
+            exited = {name: code for name, code in running.returncodes.items() if code is not None}
+            if exited:
+                raise RuntimeError(f"node(s) exited during start-up: {exited} (see graph.log)")
             if all(c.service_is_ready() for c in self.clients.values()) and self.status:
                 return
             self.spin_for(0.2)
@@ -137,6 +115,7 @@ def run_episode(h: Harness, horizon_s: float) -> dict:
             raise TimeoutError("the simulator did not report the new episode")
         h.spin_for(0.05)
     start_sim = h.status["sim_time"]
+    first_command = len(h.trajectory_stamps)
     enabled = h.call("/vla_policy/enable")
     while not enabled.success:
         if time.monotonic() > deadline:
@@ -152,32 +131,35 @@ def run_episode(h: Harness, horizon_s: float) -> dict:
         if time.monotonic() > deadline + 10 * horizon_s:
             raise TimeoutError("episode did not finish (simulator stalled?)")
     h.call("/vla_policy/reset")
+    stamps = np.asarray(h.trajectory_stamps[first_command:])
+    rate = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 2 and stamps[-1] > stamps[0] else 0.0
     return {"episode": episode, "episode_seed": reply["seed"], "success": bool(s["success"]),
-            "sim_seconds": round(elapsed, 3), "length": int(round(elapsed * 20))}
+            "sim_seconds": round(elapsed, 3), "length": int(round(elapsed * 20)), "commands": int(len(stamps)),
+            "command_rate_hz_sim_time": round(float(rate), 2)}
 
 
 def graph_eval(config: GraphEvalConfig) -> dict:
     from vla.evaluation.evaluate import wilson_interval
     from vla.policies.checkpoint import load_policy
+    from vla_ros.launcher import Graph, launch
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     policy_config = load_policy(config.checkpoint).config
     image_size = config.image_size or (policy_config.image_size or (84, 84))[0]
-    env = dict(os.environ)
-    env["ROS_DOMAIN_ID"] = str(config.domain_id if config.domain_id >= 0 else 1 + os.getpid() % 200)
-    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
-    sim = start_node("vla_ros.sim_franka_node", _ros_args(config.sim_params, [
-        f"seed:={config.seed}", f"image_size:={image_size}", f"real_time_factor:={config.real_time_factor}"]),
-        env, out / "logs" / "sim_franka.log")
-    policy = start_node("vla_ros.policy_node", _ros_args(config.policy_params, [
-        f"checkpoint:={config.checkpoint}", *config.policy_overrides]), env, out / "logs" / "policy.log")
-    procs = {"sim_franka_node": sim, "policy_node": policy}
+    domain_id = config.domain_id if config.domain_id >= 0 else 1 + os.getpid() % 200
+    os.environ["ROS_DOMAIN_ID"] = str(domain_id)
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    graph = Graph.from_yaml(config.graph, [
+        f"sim_franka.seed={config.seed}", f"sim_franka.image_size={image_size}",
+        f"sim_franka.real_time_factor={config.real_time_factor}", f"vla_policy.checkpoint={config.checkpoint}",
+        *config.overrides], disable=["recorder"], domain_id=domain_id)
+    log_file = open(out / "graph.log", "w")
+    running = launch(graph, output=lambda line: (log_file.write(line + "\n"), log_file.flush()))
     h = Harness()
     episodes: list[dict] = []
     try:
-        h.wait_ready(config.startup_timeout_s, procs)
+        h.wait_ready(config.startup_timeout_s, running)
         for _ in range(config.episodes):
             episodes.append(run_episode(h, config.horizon_s))
             done = sum(e["success"] for e in episodes)
@@ -187,7 +169,8 @@ def graph_eval(config: GraphEvalConfig) -> dict:
     finally:
         diagnostics, events = dict(h.diagnostics), list(h.events)
         h.close()
-        codes = {name: stop_node(p) for name, p in procs.items()}
+        codes = running.stop()
+        log_file.close()
     n, k = len(episodes), sum(e["success"] for e in episodes)
     results = {
         "graph": "sim_franka_node + policy_node over DDS (separate processes, sim time)",
@@ -196,6 +179,10 @@ def graph_eval(config: GraphEvalConfig) -> dict:
         "success_rate": k / max(n, 1),
         "success_ci95": list(wilson_interval(k, n)),
         "per_episode": episodes,
+        "command_rate_hz_sim_time": float(np.mean([e["command_rate_hz_sim_time"] for e in episodes])) if n else 0.0,
+        "latency_ms": {stage: {"p50": float(diagnostics[f"{stage}.p50"]), "p99": float(diagnostics[f"{stage}.p99"])}
+                       for stage in ("frame_to_trajectory_excl_inference_ms", "observation_ms", "inference_ms",
+                                     "chunk_to_trajectory_ms") if f"{stage}.p50" in diagnostics},
         "policy_diagnostics": diagnostics,
         "safety_events_seen": len(events),
         "exit_codes": codes,
@@ -209,16 +196,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = GraphEvalConfig(checkpoint="")
     parser.add_argument("--checkpoint", required=True)
-    for name in ("out", "episodes", "policy_params", "sim_params", "seed", "horizon_s", "real_time_factor",
+    for name in ("out", "episodes", "graph", "seed", "horizon_s", "real_time_factor",
                  "image_size", "domain_id"):
         value = getattr(defaults, name)
         parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
-    parser.add_argument("--policy-override", action="append", default=[], dest="policy_overrides",
-                        help="policy node parameter, name:=value (repeatable)")
+    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="NODE.PARAM=VALUE",
+                        help="override a node parameter, as `vla_ros.launcher --set` (repeatable)")
     args = parser.parse_args(argv)
     results = graph_eval(GraphEvalConfig(**vars(args)))
     summary = {k: results[k] for k in ("episodes", "success_rate", "success_ci95")}
-    summary["latency"] = {k: v for k, v in results["policy_diagnostics"].items() if k.endswith(("p50", "p99")) or k == "command_rate_hz"}
+    summary["command_rate_hz_sim_time"] = results["command_rate_hz_sim_time"]
+    summary["latency_ms"] = results["latency_ms"]
     print(json.dumps(summary, indent=2))
     return 0
 
