@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vla_ros.ros_util import declare_config, image_to_msg
+from vla_ros.ros_util import image_to_msg, run_node
 
 SOURCES = ("realsense", "software")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -333,44 +333,14 @@ class CameraNode:
         self.camera.disconnect()
 
 
-def main(args: list[str] | None = None) -> int:
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+def _serial_hint(err: Exception) -> str:
+    if "'serial_no'" in str(err) and "expecting type 'STRING'" in str(err):
+        return " (pass a numeric serial as serial_no:=_<serial>, as realsense-ros does)"
+    return ""
 
-    rclpy.init(args=args if args is not None else sys.argv)
-    node = rclpy.create_node("camera_node")
-    try:
-        config = declare_config(node, CameraNodeConfig)
-    except Exception as err:  # noqa: BLE001 - rclpy raises its own types for mistyped parameters
-        message = f"camera_node: invalid parameters: {err}"
-        if "'serial_no'" in str(err) and "expecting type 'STRING'" in str(err):
-            message += " (pass a numeric serial as serial_no:=_<serial>, as realsense-ros does)"
-        node.get_logger().fatal(message)
-        print(message, file=sys.stderr, flush=True)
-        node.destroy_node()
-        rclpy.try_shutdown()
-        return 2
-    try:
-        camera = CameraNode(node, config)
-    except Exception as err:  # noqa: BLE001 - no device, unsupported profile, ...: say why and stop
-        message = f"camera_node: cannot start the camera: {err}"
-        node.get_logger().fatal(message)
-        print(message, file=sys.stderr, flush=True)
-        node.destroy_node()
-        rclpy.try_shutdown()
-        return 1
-    camera.start()
-    executor = MultiThreadedExecutor(num_threads=2)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        camera.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 1 if camera.fatal else 0
+
+def main(args: list[str] | None = None) -> int:
+    return run_node("camera_node", CameraNodeConfig, CameraNode, num_threads=2, args=args, explain=_serial_hint)
 
 
 if __name__ == "__main__":

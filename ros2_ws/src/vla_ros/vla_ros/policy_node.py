@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vla_ros.ros_util import declare_config, msg_to_image, s_to_duration, stamp_to_s
+from vla_ros.ros_util import msg_to_image, run_node, s_to_duration, stamp_to_s
 
 DEFAULT_CAMERAS = ("scene=/camera/camera/color/image_raw", "wrist=/wrist_camera/wrist_camera/color/image_raw")
 
@@ -487,30 +487,7 @@ def _resize(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def main(args: list[str] | None = None) -> int:
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-
-    rclpy.init(args=args if args is not None else sys.argv)
-    node = rclpy.create_node("vla_policy")
-    try:
-        config = declare_config(node, PolicyNodeConfig)
-        policy_node = PolicyNode(node, config)
-    except (ValueError, TypeError, RuntimeError, ConnectionError, FileNotFoundError) as err:
-        node.get_logger().fatal(f"cannot start: {err}")
-        node.destroy_node()
-        rclpy.try_shutdown()
-        return 2
-    executor = MultiThreadedExecutor(num_threads=4)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        policy_node.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node("vla_policy", PolicyNodeConfig, PolicyNode, args=args)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import sys
 import typing
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
@@ -39,6 +41,53 @@ def declare_config(node, config_class: type[C]) -> C:
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown} for {node.get_name()}; available: {', '.join(values)}")
     return config_class(**values)
+
+
+def run_node(name: str, config_class: type[C], build: Callable[[Any, C], Any], *, num_threads: int = 4,
+             args: list[str] | None = None, explain: Callable[[Exception], str] | None = None) -> int:
+    """Every node's life: parameters -> typed config -> ``build(node, config)`` -> spin -> clean exit.
+
+    Exit codes: 2 invalid parameters, 1 the node could not start (no camera, unreachable policy
+    server, ...) or ended in a fatal state (``obj.fatal``), 0 after Ctrl-C. Each failure is
+    logged as one FATAL line and printed to stderr, so a launcher shows why a node is gone.
+    ``build`` returns an object with optional ``start()`` and ``shutdown()``.
+    """
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = rclpy.create_node(name)
+
+    def fail(what: str, err: Exception, code: int) -> int:
+        message = f"{node.get_name()}: {what}: {err}" + (explain(err) if explain else "")
+        node.get_logger().fatal(message)
+        print(message, file=sys.stderr, flush=True)
+        node.destroy_node()
+        rclpy.try_shutdown()
+        return code
+
+    try:
+        config = declare_config(node, config_class)
+    except Exception as err:  # noqa: BLE001 - rclpy raises its own types for mistyped parameters
+        return fail("invalid parameters", err, 2)
+    try:
+        obj = build(node, config)
+    except Exception as err:  # noqa: BLE001 - whatever stops the start-up: say why and stop
+        return fail("cannot start", err, 1)
+    if hasattr(obj, "start"):
+        obj.start()
+    executor = MultiThreadedExecutor(num_threads=num_threads)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if hasattr(obj, "shutdown"):
+            obj.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 1 if getattr(obj, "fatal", False) else 0
 
 
 # --------------------------------------------------------------------------- images

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vla_ros.ros_util import declare_config, image_to_msg, s_to_stamp, stamp_to_s
+from vla_ros.ros_util import image_to_msg, run_node, s_to_stamp, stamp_to_s
 
 CAMERA_TOPICS = {"scene": "camera", "wrist": "wrist_camera"}  # camera -> RealSense camera_name
 
@@ -288,31 +288,7 @@ class SimFrankaNode:
 
 
 def main(args: list[str] | None = None) -> int:
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-
-    rclpy.init(args=args if args is not None else sys.argv)
-    node = rclpy.create_node("sim_franka")
-    try:
-        config = declare_config(node, SimFrankaNodeConfig)
-        sim = SimFrankaNode(node, config)
-    except (ValueError, TypeError) as err:
-        node.get_logger().fatal(f"invalid configuration: {err}")
-        node.destroy_node()
-        rclpy.try_shutdown()
-        return 2
-    sim.start()
-    executor = MultiThreadedExecutor(num_threads=4)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        sim.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node("sim_franka", SimFrankaNodeConfig, SimFrankaNode, args=args)
 
 
 if __name__ == "__main__":
