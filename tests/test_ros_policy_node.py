@@ -94,9 +94,22 @@ class FakeFranka:
         self.node.create_timer(0.01, self._publish_joints)
         self.node.create_timer(0.05, self._publish_image)
         self.clients = {s: self.node.create_client(Trigger, f"/vla_policy/{s}") for s in ("enable", "estop", "reset")}
+        from control_msgs.action import FollowJointTrajectory
+        from rclpy.action import ActionServer
+
+        self.goals: list = []  # FollowJointTrajectory goals, as a JointTrajectoryController receives them
+        self.action_server = ActionServer(self.node, FollowJointTrajectory, "/fr3_arm_controller/follow_joint_trajectory",
+                                          self._execute_goal)
         self.running = True
         self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
+
+    def _execute_goal(self, goal_handle):
+        from control_msgs.action import FollowJointTrajectory
+
+        self.goals.append(goal_handle.request.trajectory)
+        goal_handle.succeed()
+        return FollowJointTrajectory.Result(error_code=FollowJointTrajectory.Result.SUCCESSFUL)
 
     def _spin(self):
         while self.running:
@@ -249,6 +262,17 @@ def test_policy_server_backend_drives_the_same_safe_loop(graph):
     lo, hi = FR3.q_min + MARGIN - 1e-9, FR3.q_max - MARGIN + 1e-9
     assert all(np.all((positions(t) >= lo) & (positions(t) <= hi)) for t in robot.trajectories)
     robot.wait_for(lambda: float(robot.diagnostics.get("inference_ms.p50", 0)) > 0, 5, "inference latency in diagnostics")
+
+
+@pytest.mark.parametrize("graph", [{"command_interface": "action"}], indirect=True)
+def test_trajectories_as_follow_joint_trajectory_goals(graph):
+    robot, _ = graph
+    robot.wait_for(lambda: robot.diagnostics, 60, "the node's diagnostics")
+    robot.wait_for(lambda: robot.call("enable").success, 10, "enable to succeed")
+    robot.wait_for(lambda: len(robot.goals) >= 5, 30, "5 FollowJointTrajectory goals")
+    assert not robot.trajectories, "the topic stays silent when the action interface is chosen"
+    lo, hi = FR3.q_min + MARGIN - 1e-9, FR3.q_max - MARGIN + 1e-9
+    assert all(np.all((positions(t) >= lo) & (positions(t) <= hi)) and list(t.joint_names) == ARM for t in robot.goals)
 
 
 def test_watchdog_holds_on_stale_images_and_latches(graph):
