@@ -160,8 +160,12 @@ def feature_shapes(metadata: dict[str, Any]) -> dict[str, tuple[int, ...]]:
 class LocalPolicy:
     """The checkpoint in this process. ``device`` is used as given: no silent CPU fallback."""
 
-    def __init__(self, checkpoint: str, device: str = "cpu", seed: int = 0):
+    def __init__(self, checkpoint: str, device: str = "cpu", seed: int = 0, threads: int = 1):
         import torch
+
+        # One intra-op thread by default: a controller PC also runs cameras, DDS and the control
+        # timer, and OpenMP workers spinning on every core starve them (stale joint states).
+        torch.set_num_threads(threads)
 
         from vla.policies.checkpoint import load_policy
 
@@ -172,6 +176,7 @@ class LocalPolicy:
         self.metadata = policy_metadata(self.policy)
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.device = device
+        self.infer(example_observation(self.metadata))  # lazy loads (language encoder) happen now, not mid-task
 
     def infer(self, obs: dict[str, Any]) -> np.ndarray:
         c = self.policy.config
@@ -201,6 +206,17 @@ class RemotePolicy:
 
     def close(self) -> None:
         self.client.close()
+
+
+def example_observation(metadata: dict[str, Any]) -> dict[str, Any]:
+    """A neutral observation with the policy's shapes (zeros, mid-grey images) for warm-up calls."""
+    obs: dict[str, Any] = {}
+    for feature, spec in metadata["features"].items():
+        if spec["dtype"] == "str":
+            obs[feature] = ""
+        else:
+            obs[feature] = np.full(spec["shape"], 128 if spec["dtype"] == "uint8" else 0, dtype=spec["dtype"])
+    return obs
 
 
 def check_observation(metadata: dict[str, Any], obs: dict[str, Any]) -> None:

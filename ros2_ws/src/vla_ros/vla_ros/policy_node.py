@@ -34,6 +34,7 @@ class PolicyNodeConfig:
     server_port: int = 8000
     api_key: str = ""
     device: str = "cpu"  # used as given: a missing GPU is an error, never a silent CPU fallback
+    torch_threads: int = 1  # intra-op threads for in-process CPU inference
     seed: int = 0
     arm_id: str = "fr3"  # joint names <arm_id>_joint1..7
     robot: str = "fr3"  # joint-limit table: fr3 or panda
@@ -55,6 +56,7 @@ class PolicyNodeConfig:
     n_action_steps: int = 0  # actions executed per chunk; 0 = the checkpoint's
     temporal_ensemble: float = -1.0  # ACT weights exp(-m*i); negative = off
     max_latency_s: float = 0.5
+    gripper_hysteresis: float = 0.5  # a gripper command only when the action crosses +-this (no chatter)
     gripper_open_width: float = 0.08
     gripper_speed: float = 0.1
     grasp_force: float = 20.0
@@ -119,7 +121,7 @@ class PolicyNode:
 
         # ---- the policy (fails loudly: no checkpoint or no server means no node)
         if config.checkpoint:
-            self.policy = LocalPolicy(config.checkpoint, device=config.device, seed=config.seed)
+            self.policy = LocalPolicy(config.checkpoint, device=config.device, seed=config.seed, threads=config.torch_threads)
             source = f"checkpoint {config.checkpoint} on {config.device}"
         else:
             self.policy = RemotePolicy(config.server_host, config.server_port, api_key=config.api_key or None)
@@ -162,7 +164,7 @@ class PolicyNode:
         self.scheduler = ChunkScheduler(ChunkSchedulerConfig(
             control_dt=1.0 / config.control_hz, n_action_steps=int(k), max_latency_s=config.max_latency_s,
             temporal_ensemble=config.temporal_ensemble if config.temporal_ensemble >= 0 else None))
-        self.gripper_switch = GripperSwitch()
+        self.gripper_switch = GripperSwitch(hysteresis=config.gripper_hysteresis)
         self.latency = LatencyLog()
 
         # ---- latest inputs (written by callbacks, read by the inference thread)
@@ -293,7 +295,11 @@ class PolicyNode:
                                          "set resize_images:=true to resize")
                     image = _resize(image, shape)
                 obs[feature] = image
-        obs[keys.TASK] = instruction
+        if self.policy.metadata.get("use_language"):
+            if not instruction.strip():
+                raise ValueError(f"the policy is conditioned on language but there is no instruction: set the "
+                                 f"instruction parameter or publish one on {self.config.instruction_topic}")
+            obs[keys.TASK] = instruction
         newest = max(images.values(), key=lambda item: item[2]) if images else None
         return obs, measurement.stamp, newest[2] if newest else time.perf_counter()
 

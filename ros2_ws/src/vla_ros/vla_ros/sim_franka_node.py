@@ -75,15 +75,21 @@ class SimFrankaNode:
 
         self.node, self.config = node, config
         self.log = node.get_logger()
-        self.robot = SimulatedFranka(SimFrankaConfig(
-            task=config.task, control_hz=config.control_hz, image_size=config.image_size,
-            cameras=tuple(config.cameras), seed=config.seed, joint_kp=config.joint_kp))
+        # The physics thread builds the simulator: MuJoCo's offscreen (EGL) context belongs to the
+        # thread that creates it, and rendering from any other thread returns garbage images.
+        self._sim_config = SimFrankaConfig(task=config.task, control_hz=config.control_hz, image_size=config.image_size,
+                                           cameras=tuple(config.cameras), seed=config.seed, joint_kp=config.joint_kp)
+        self._built, self._go, self._build_error = threading.Event(), threading.Event(), None
+        self.running = True
+        self.thread = threading.Thread(target=self._physics_main, args=(SimulatedFranka,), name="physics", daemon=True)
+        self.thread.start()
+        self._built.wait()
+        if self._build_error is not None:
+            raise self._build_error
         self.joint_names = [f"{config.arm_id}_joint{i}" for i in range(1, 8)]
         self.finger_names = [f"{config.arm_id}_finger_joint1", f"{config.arm_id}_finger_joint2"]
         self.lock = threading.Lock()  # the physics thread vs. service/action callbacks
         self.sim_time = config.start_time_s
-        self.robot.reset(0)
-        self.robot.episode = -1  # the first /sim/reset starts episode 0
         self.follower = TrajectoryFollower(self.robot.joint_positions())
         self.trajectory_generation = 0
         self.counters = {"trajectories": 0, "points_skipped_past": 0, "trajectories_refused": 0}
@@ -112,15 +118,30 @@ class SimFrankaNode:
             ActionServer(node, Homing, "/franka_gripper/homing", self._execute_homing, callback_group=group),
         ]
         self.FollowJointTrajectory, self.Grasp, self.Homing, self.Move = FollowJointTrajectory, Grasp, Homing, Move
-        self.running = True
-        self.thread = threading.Thread(target=self._physics_loop, name="physics", daemon=True)
         self.log.info(
             f"simulated {config.arm_id} on {config.task} ({self.robot.instruction!r}): control {config.control_hz} Hz, "
             f"cameras {list(config.cameras)} at {config.camera_hz} Hz, real-time factor {config.real_time_factor}")
 
     # ------------------------------------------------------------------ physics thread
     def start(self) -> None:
-        self.thread.start()
+        self._go.set()
+
+    def _physics_main(self, simulator_class) -> None:
+        try:
+            self.robot = simulator_class(self._sim_config)
+            self.robot.reset(0)
+            self.robot.episode = -1  # the first /sim/reset starts episode 0
+        except Exception as err:  # noqa: BLE001 - reported by __init__ in the node's thread
+            self._build_error = err
+            self._built.set()
+            return
+        self._built.set()
+        self._go.wait()
+        try:
+            if self.running:
+                self._physics_loop()
+        finally:
+            self.robot.close()  # in this thread: the renderer's context is current here
 
     def _physics_loop(self) -> None:
         cfg = self.config
@@ -234,10 +255,15 @@ class SimFrankaNode:
         with self.lock:
             self.robot.gripper_closed = close
         start, last, still = self.sim_time, self.robot.gripper_width(), 0
+        checked = start
         while self.sim_time - start < timeout_s and still < 5:
             time.sleep(0.005)
+            if self.sim_time - checked < 0.02:  # compare 20 ms of sim time apart, however slow the sim runs
+                continue
+            checked = self.sim_time
             width = self.robot.gripper_width()
-            still = still + 1 if abs(width - last) < 2e-4 and self.sim_time - start > 0.05 else 0
+            # the fingers take a moment to start: "stopped" only counts after 0.2 s of sim time
+            still = still + 1 if abs(width - last) < 2e-4 and self.sim_time - start > 0.2 else 0
             last = width
         return last
 
@@ -282,9 +308,9 @@ class SimFrankaNode:
 
     def shutdown(self) -> None:
         self.running = False
+        self._go.set()
         if self.thread.is_alive():
             self.thread.join(timeout=2.0)
-        self.robot.close()
 
 
 def main(args: list[str] | None = None) -> int:
