@@ -107,7 +107,10 @@ class Harness:
 
 def run_episode(h: Harness, horizon_s: float) -> dict:
     h.call("/vla_policy/reset")
-    reply = json.loads(h.call("/sim/reset").message)
+    reply = h.call("/sim/reset", timeout_s=90.0)
+    if not reply.success:
+        raise RuntimeError(f"/sim/reset failed: {reply.message}")
+    reply = json.loads(reply.message)
     episode = reply["episode"]
     deadline = time.monotonic() + 30.0
     while h.status.get("episode") != episode or h.status.get("steps", 0) < 5:  # fresh frames after the reset

@@ -80,6 +80,7 @@ class SimFrankaNode:
         self._sim_config = SimFrankaConfig(task=config.task, control_hz=config.control_hz, image_size=config.image_size,
                                            cameras=tuple(config.cameras), seed=config.seed, joint_kp=config.joint_kp)
         self._built, self._go, self._build_error = threading.Event(), threading.Event(), None
+        self._reset_requested, self._reset_done, self._reset_seed = threading.Event(), threading.Event(), None
         self.running = True
         self.thread = threading.Thread(target=self._physics_main, args=(SimulatedFranka,), name="physics", daemon=True)
         self.thread.start()
@@ -137,11 +138,10 @@ class SimFrankaNode:
             return
         self._built.set()
         self._go.wait()
-        try:
-            if self.running:
-                self._physics_loop()
-        finally:
-            self.robot.close()  # in this thread: the renderer's context is current here
+        if self.running:
+            self._physics_loop()
+        # No explicit close: tearing the EGL context down here can block the process's exit;
+        # the operating system frees it with the process.
 
     def _physics_loop(self) -> None:
         cfg = self.config
@@ -150,6 +150,12 @@ class SimFrankaNode:
         wall0, sim0 = time.monotonic(), self.sim_time
         while self.running:
             with self.lock:
+                if self._reset_requested.is_set():  # resets run here: the simulator lives in this thread
+                    self._reset_seed = self.robot.reset()
+                    self.follower.hold(self.robot.joint_positions())
+                    self._publish_joint_state(self.sim_time)
+                    self._reset_requested.clear()
+                    self._reset_done.set()
                 self.sim_time += dt
                 q_desired = self.follower.sample(self.sim_time)
                 self.robot.step(q_desired)
@@ -234,7 +240,7 @@ class SimFrankaNode:
         end = stamp_to_s(goal_handle.request.trajectory.header.stamp) or self.sim_time
         last = goal_handle.request.trajectory.points[-1].time_from_start
         end = max(end, self.sim_time) + last.sec + last.nanosec * 1e-9
-        while self.sim_time < end:
+        while self.running and self.sim_time < end:
             if goal_handle.is_cancel_requested:
                 with self.lock:
                     self.follower.hold(self.robot.joint_positions())
@@ -256,7 +262,7 @@ class SimFrankaNode:
             self.robot.gripper_closed = close
         start, last, still = self.sim_time, self.robot.gripper_width(), 0
         checked = start
-        while self.sim_time - start < timeout_s and still < 5:
+        while self.running and self.sim_time - start < timeout_s and still < 5:  # sim time stops at shutdown
             time.sleep(0.005)
             if self.sim_time - checked < 0.02:  # compare 20 ms of sim time apart, however slow the sim runs
                 continue
@@ -297,10 +303,12 @@ class SimFrankaNode:
 
     # ------------------------------------------------------------------ episodes
     def _on_reset(self, _request, response):
-        with self.lock:
-            seed = self.robot.reset()
-            self.follower.hold(self.robot.joint_positions())
-            self._publish_joint_state(self.sim_time)
+        self._reset_done.clear()
+        self._reset_requested.set()
+        if not self._reset_done.wait(timeout=60.0):
+            response.success, response.message = False, "the physics thread did not reset within 60 s"
+            return response
+        seed = self._reset_seed
         response.success = True
         response.message = json.dumps({"episode": self.robot.episode, "seed": seed, "instruction": self.robot.instruction})
         self.log.info(f"episode {self.robot.episode} (seed {seed})")
