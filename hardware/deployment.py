@@ -12,7 +12,7 @@ The ROS policy node (ros2_ws/src/vla_ros/vla_ros/policy_node.py) is a thin shell
 
 from __future__ import annotations
 
-import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -235,14 +235,11 @@ class LatencyLog:
     """Per-stage latencies in ms, for diagnostics and the benchmark table (p50/p99)."""
 
     def __init__(self, maxlen: int = 5000):
-        from collections import deque
-
-        self.samples: dict[str, Any] = {}
+        self.samples: dict[str, deque[float]] = {}
         self.maxlen = maxlen
-        self._deque = deque
 
     def add(self, stage: str, ms: float) -> None:
-        self.samples.setdefault(stage, self._deque(maxlen=self.maxlen)).append(float(ms))
+        self.samples.setdefault(stage, deque(maxlen=self.maxlen)).append(float(ms))
 
     def summary(self) -> dict[str, dict[str, float]]:
         out = {}
@@ -252,7 +249,3 @@ class LatencyLog:
                 out[stage] = {"p50": float(np.percentile(v, 50)), "p99": float(np.percentile(v, 99)),
                               "mean": float(v.mean()), "n": int(len(v))}
         return out
-
-
-def now_ms() -> float:
-    return time.perf_counter() * 1e3

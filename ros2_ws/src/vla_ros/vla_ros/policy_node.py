@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vla_ros.ros_util import msg_to_image, run_node, s_to_duration, stamp_to_s
+from vla_ros.ros_util import msg_to_image, run_node, s_to_duration, s_to_stamp, stamp_to_s
 
 DEFAULT_CAMERAS = ("scene=/camera/camera/color/image_raw", "wrist=/wrist_camera/wrist_camera/color/image_raw")
 
@@ -396,8 +396,6 @@ class PolicyNode:
             return True
 
     def _publish(self, trajectory, now: float) -> None:
-        from vla_ros.ros_util import s_to_stamp
-
         msg = self.JointTrajectory()
         msg.header.stamp = s_to_stamp(now)
         safety_to_ours = {v: k for k, v in self._to_safety_names.items()}
