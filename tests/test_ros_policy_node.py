@@ -31,6 +31,10 @@ from vla.policies.flow_policy import FlowPolicy
 ARM = [f"fr3_joint{i}" for i in range(1, 8)]
 IMAGE = (32, 32, 3)
 MARGIN = 0.05
+# Staleness and latency limits for these tests: loose enough that a CI machine whose 2 cores are
+# shared with other work does not trip them (a watchdog test stops the frames outright), tight
+# enough that a stopped stream still latches within a few seconds.
+TOLERANT_TIMING = {"stale_image_s": 2.0, "stale_joint_state_s": 2.0, "max_latency_s": 3.0}
 
 
 def make_checkpoint(path: Path, action_low: float, action_high: float, nan: bool = False) -> Path:
@@ -155,7 +159,8 @@ class FakeFranka:
             if predicate():
                 return
             time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}")
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        raise AssertionError(f"timed out waiting for {what} after {timeout_s} s (load average {load})")
 
     def close(self):
         self.running = False
@@ -169,8 +174,7 @@ class FakeFranka:
 def start_policy_node(domain_id: int, tmp_path: Path, **params) -> subprocess.Popen:
     defaults = {"arm_id": "fr3", "robot": "fr3", "gripper": "none", "action_space": "joint_position",
                 "state_layout": "joint_state", "cameras": '["scene=/camera/camera/color/image_raw"]',
-                "smooth_start_s": 0.0, "max_step_rad": 0.05, "joint_margin_rad": MARGIN, "stale_image_s": 0.6,
-                "stale_joint_state_s": 0.6, "workspace_min": "[-2.0, -2.0, -2.0]", "workspace_max": "[2.0, 2.0, 2.0]"}
+                "smooth_start_s": 0.0, "max_step_rad": 0.05, "joint_margin_rad": MARGIN, **TOLERANT_TIMING, "workspace_min": "[-2.0, -2.0, -2.0]", "workspace_max": "[2.0, 2.0, 2.0]"}
     args = []
     for name, value in {**defaults, **params}.items():
         args += ["-p", f"{name}:={value}"]
@@ -229,7 +233,7 @@ def test_limits_clamped_to_the_fr3_table_and_estop_latches_until_reset(graph):
     robot.wait_for(lambda: robot.diagnostics, 60, "the node's diagnostics")
     assert not robot.call("enable").success or True  # may race the first frames; retried below
     robot.wait_for(lambda: robot.call("enable").success, 10, "enable to succeed")
-    robot.wait_for(lambda: len(robot.trajectories) >= 10, 30, "10 trajectories")
+    robot.wait_for(lambda: len(robot.trajectories) >= 10, 60, "10 trajectories")
     lo, hi = FR3.q_min + MARGIN - 1e-9, FR3.q_max - MARGIN + 1e-9
     first = positions(robot.trajectories[0])[0]
     assert np.abs(first - robot.q).max() <= 0.05 + 1e-6, "the first target jumps away from the measured pose"
@@ -250,30 +254,27 @@ def test_limits_clamped_to_the_fr3_table_and_estop_latches_until_reset(graph):
     assert not enable.success and "reset" in enable.message
     assert robot.call("reset").success
     assert robot.call("enable").success
-    robot.wait_for(lambda: len(robot.trajectories) > n + len(after) + 3, 30, "trajectories after reset + enable")
+    robot.wait_for(lambda: len(robot.trajectories) > n + len(after) + 3, 60, "trajectories after reset + enable")
     assert proc.poll() is None
 
 
-# generous staleness limits: a served chunk's round trip competes with the server process for 2 cores
-@pytest.mark.parametrize("graph", [{"served": True, "stale_image_s": 1.0, "stale_joint_state_s": 1.0,
-                                    "max_latency_s": 1.0}], indirect=True)
+@pytest.mark.parametrize("graph", [{"served": True}], indirect=True)
 def test_policy_server_backend_drives_the_same_safe_loop(graph):
     robot, proc = graph
     robot.wait_for(lambda: robot.diagnostics, 60, "the node's diagnostics")
     robot.wait_for(lambda: robot.call("enable").success, 10, "enable to succeed")
-    robot.wait_for(lambda: len(robot.trajectories) >= 10, 30, "10 trajectories from served chunks")
+    robot.wait_for(lambda: len(robot.trajectories) >= 10, 60, "10 trajectories from served chunks")
     lo, hi = FR3.q_min + MARGIN - 1e-9, FR3.q_max - MARGIN + 1e-9
     assert all(np.all((positions(t) >= lo) & (positions(t) <= hi)) for t in robot.trajectories)
     robot.wait_for(lambda: float(robot.diagnostics.get("inference_ms.p50", 0)) > 0, 5, "inference latency in diagnostics")
 
 
-@pytest.mark.xfail(strict=False, reason="passes alone, times out in the fresh-clone CI run: under investigation (issue 4 note)")
 @pytest.mark.parametrize("graph", [{"command_interface": "action"}], indirect=True)
 def test_trajectories_as_follow_joint_trajectory_goals(graph):
     robot, _ = graph
     robot.wait_for(lambda: robot.diagnostics, 60, "the node's diagnostics")
     robot.wait_for(lambda: robot.call("enable").success, 10, "enable to succeed")
-    robot.wait_for(lambda: len(robot.goals) >= 5, 30, "5 FollowJointTrajectory goals")
+    robot.wait_for(lambda: len(robot.goals) >= 5, 60, "5 FollowJointTrajectory goals")
     assert not robot.trajectories, "the topic stays silent when the action interface is chosen"
     lo, hi = FR3.q_min + MARGIN - 1e-9, FR3.q_max - MARGIN + 1e-9
     assert all(np.all((positions(t) >= lo) & (positions(t) <= hi)) and list(t.joint_names) == ARM for t in robot.goals)
@@ -283,10 +284,10 @@ def test_watchdog_holds_on_stale_images_and_latches(graph):
     robot, _ = graph
     robot.wait_for(lambda: robot.diagnostics, 60, "the node's diagnostics")
     robot.wait_for(lambda: robot.call("enable").success, 10, "enable to succeed")
-    robot.wait_for(lambda: len(robot.trajectories) >= 3, 30, "trajectories")
+    robot.wait_for(lambda: len(robot.trajectories) >= 3, 60, "trajectories")
     robot.publish_images = False
     robot.wait_for(lambda: robot.diagnostics.get("state") == "hold" or "watchdog" in robot.diagnostics.get("latched", ""),
-                   5, "the watchdog to latch")
+                   15, "the watchdog to latch")
     assert "scene" in robot.diagnostics["latched"]
     n = len(robot.trajectories)
     time.sleep(1.0)

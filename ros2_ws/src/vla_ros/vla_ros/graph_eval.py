@@ -91,7 +91,7 @@ class Harness:
         missing = [n for n, c in self.clients.items() if not c.service_is_ready()]
         raise TimeoutError(f"graph not ready after {timeout_s:.0f} s; missing services {missing}, status seen: {bool(self.status)}")
 
-    def call(self, service: str, timeout_s: float = 10.0):
+    def call(self, service: str, timeout_s: float = 30.0):  # generous: the graph shares the CPU with the simulator
         future = self.clients[service].call_async(self.Trigger.Request())
         end = time.monotonic() + timeout_s
         while not future.done():
