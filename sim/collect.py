@@ -14,9 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
+from vla import keys
 from vla.datasets.lerobot_io import EpisodeWriter, check_dataset_dir, features_from_spec, make_frame
+from vla.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +39,30 @@ class CollectConfig:
     video: bool = field(default=True, metadata={"help": "images as MP4 (LeRobot default) or PNG frames (lossless)"})
     max_episode_steps: int | None = field(default=None, metadata={"help": "default: the task's own horizon"})
     vectorization: str = field(default="auto", metadata={"help": "auto, sync, subprocess or gpu"})
+    action_label: str = field(default="command", metadata={
+        "help": "command (what the expert sent the controller) or joint_target (the arm's joint positions after "
+                "each step + the gripper command: data for joint-position policies, RoboMimic tasks)"})
 
     def output_dir(self) -> Path:
         return Path(self.out) if self.out else Path("data/datasets") / self.env.replace("/", "_")
+
+
+JOINT_TARGET_DIM = 8  # 7 joint positions (rad) + the gripper command
+
+
+def _label_command(command: np.ndarray, after: dict[str, Any]) -> np.ndarray:
+    return np.asarray(command)
+
+
+def _label_joint_target(command: np.ndarray, after: dict[str, Any]) -> np.ndarray:
+    """Where the arm went (the next joint positions) as an absolute target, and the gripper command."""
+    q_next = np.asarray(after[keys.OBS_STATE], dtype=np.float32)[:7]
+    return np.concatenate([q_next, np.asarray(command, dtype=np.float32)[-1:]])
+
+
+ACTION_LABELS: Registry = Registry("action label")
+ACTION_LABELS.add("command", _label_command)
+ACTION_LABELS.add("joint_target", _label_joint_target)
 
 
 @dataclass
@@ -93,6 +117,10 @@ def collect(config: CollectConfig) -> CollectResult:
     check_dataset_dir(out)  # refuse before starting any simulator
     suite, task = split_name(config.env)  # an unknown name fails here, listing what exists
     make_expert(f"{suite.name}/{task}")  # so does a task without a scripted expert
+    label_action = ACTION_LABELS.get(config.action_label)
+    if config.action_label == "joint_target" and suite.name != "robomimic":
+        raise ValueError(f"action_label joint_target needs a RoboMimic task (its state starts with the joint "
+                         f"positions), got {config.env}")
     result = CollectResult(out=out)
     started = time.perf_counter()
     max_attempts = config.max_attempts or max(4 * config.episodes, config.episodes + 20)
@@ -110,8 +138,9 @@ def collect(config: CollectConfig) -> CollectResult:
         writer = None
         try:
             spec = env.spec
+            action_dim = spec.action_dim if config.action_label == "command" else JOINT_TARGET_DIM
             features = features_from_spec(
-                spec.state_dim, spec.action_dim, spec.env_state_dim, spec.cameras, spec.image_size, config.video
+                spec.state_dim, action_dim, spec.env_state_dim, spec.cameras, spec.image_size, config.video
             )
             writer = EpisodeWriter(out, fps=spec.fps, features=features, robot_type=spec.robot, use_videos=config.video)
             buffers: list[list[dict]] = [[] for _ in range(env.num_envs)]
@@ -122,8 +151,10 @@ def collect(config: CollectConfig) -> CollectResult:
                 next_obs, reward, terminated, truncated, info = env.step(actions)
                 for i in range(env.num_envs):
                     done = bool(terminated[i] or truncated[i])
+                    after = info["final_observation"][i] if done else {k: v[i] for k, v in next_obs.items()}
+                    action = label_action(actions[i], after)
                     buffers[i].append(
-                        make_frame(obs, i, actions[i], float(reward[i]), bool(info["success"][i]), done, features)
+                        make_frame(obs, i, action, float(reward[i]), bool(info["success"][i]), done, features)
                     )
                     if not done:
                         continue

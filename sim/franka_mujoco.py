@@ -110,8 +110,8 @@ class SimulatedFranka:
                 obs_mode="state",  # cameras are rendered on demand at the camera rate
                 image_size=(config.image_size, config.image_size),
                 seed=config.seed,
-                options={"controller": "JOINT_POSITION", "control_freq": config.control_hz,
-                         "joint_kp": config.joint_kp},
+                options={"controller": "JOINT_TARGET", "control_freq": config.control_hz,
+                         "joint_kp": config.joint_kp, "max_joint_step": config.max_joint_step_rad},
             )
         )
         if self.env.spec.robot != "panda":
@@ -129,7 +129,7 @@ class SimulatedFranka:
 
     # ------------------------------------------------------------------ state
     def joint_positions(self) -> np.ndarray:
-        return np.array(self._robot._joint_positions, dtype=np.float64)
+        return self.env.joint_positions()
 
     def joint_velocities(self) -> np.ndarray:
         return np.array(self._robot._joint_velocities, dtype=np.float64)
@@ -161,9 +161,7 @@ class SimulatedFranka:
         q_desired = np.asarray(q_desired, dtype=np.float64)
         if q_desired.shape != (7,) or not np.all(np.isfinite(q_desired)):
             raise ValueError(f"q_desired must be 7 finite joint positions, got {q_desired}")
-        limit = self.config.max_joint_step_rad
-        delta = np.clip(q_desired - self.joint_positions(), -limit, limit)
-        action = np.concatenate([delta, [1.0 if self.gripper_closed else -1.0]])
+        action = np.concatenate([q_desired, [1.0 if self.gripper_closed else -1.0]])
         _, _, success = self.env.step(action)
         self.steps += 1
         self.success = self.success or success

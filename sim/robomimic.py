@@ -95,19 +95,22 @@ def _is_robosuite15(version: str) -> bool:
     return tuple(int(x) for x in version.split(".")[:2]) >= (1, 5)
 
 
-ARM_CONTROLLERS = ("OSC_POSE", "JOINT_POSITION")
+ARM_CONTROLLERS = ("OSC_POSE", "JOINT_POSITION", "JOINT_TARGET")
+ENV_OPTIONS = ("controller", "control_freq", "joint_kp", "max_joint_step")
 
 
 def _controller_config(v15: bool, controller: str = "OSC_POSE", joint_kp: float = 150.0) -> dict:
     """The arm controller (with its gripper), in robosuite 1.4's or 1.5's API.
 
-    OSC_POSE is RoboMimic's (the datasets' action space). JOINT_POSITION is for the simulated
-    Franka behind ROS (sim/franka_mujoco.py): its action is the joint-position change in rad,
-    unscaled, like the setpoints a JointTrajectoryController interpolates.
+    OSC_POSE is RoboMimic's (the datasets' action space). JOINT_POSITION's action is the
+    joint-position change in rad, unscaled. JOINT_TARGET runs the same controller but takes
+    absolute joint positions (rad) + the gripper command, like the setpoints a
+    JointTrajectoryController interpolates: the action space of policies deployed on a real
+    Franka through ROS (sim/franka_mujoco.py, hardware/deployment.py's joint_position).
     """
     if controller not in ARM_CONTROLLERS:
         raise ValueError(f"unknown arm controller {controller!r}; available: {', '.join(ARM_CONTROLLERS)}")
-    if controller == "JOINT_POSITION":
+    if controller in ("JOINT_POSITION", "JOINT_TARGET"):
         if v15:
             raise ValueError("the JOINT_POSITION option is implemented for robosuite 1.4 tasks only")
         from robosuite.controllers import load_controller_config
@@ -163,10 +166,12 @@ class RobomimicEnv(SingleEnv):
         # `lite_physics` skips a forward pass per substep; RoboMimic's 1.5 datasets turn it off.
         np.random.seed(config.seed)
         version_kwargs = {"seed": config.seed, "lite_physics": False} if v15 else {}
-        unknown_options = set(config.options) - {"controller", "control_freq", "joint_kp"}
+        unknown_options = set(config.options) - set(ENV_OPTIONS)
         if unknown_options:
-            raise ValueError(f"unknown option(s) {sorted(unknown_options)}; available: controller, control_freq, joint_kp")
-        controller = config.options.get("controller", "OSC_POSE")
+            raise ValueError(f"unknown option(s) {sorted(unknown_options)}; available: {', '.join(ENV_OPTIONS)}")
+        controller = str(config.options.get("controller", "OSC_POSE"))
+        self.controller = controller
+        self.max_joint_step = float(config.options.get("max_joint_step", 0.2))  # rad per step, JOINT_TARGET
         control_freq = float(config.options.get("control_freq", FPS))
         self._env = robosuite.make(
             self.task.env_name,
@@ -187,6 +192,13 @@ class RobomimicEnv(SingleEnv):
             **dict(self.task.env_kwargs),
         )
         low, high = self._env.action_spec
+        if controller == "JOINT_TARGET":  # absolute targets within the joint range, then the gripper
+            if len(robots) > 1:
+                raise ValueError("the JOINT_TARGET controller is implemented for single-arm tasks")
+            robot = self._env.robots[0]
+            joint_range = self._env.sim.model.jnt_range[robot._ref_joint_indexes]
+            low = np.concatenate([joint_range[:, 0], low[-1:]])
+            high = np.concatenate([joint_range[:, 1], high[-1:]])
         self._robot_prefixes = [f"robot{i}_" for i in range(len(robots))]
         first = self._env.reset()
         self.spec = EnvSpec(
@@ -238,8 +250,16 @@ class RobomimicEnv(SingleEnv):
                 sampler.rng = self._env.rng
         return self._observation(self._env.reset())
 
+    def joint_positions(self) -> np.ndarray:
+        """The (first) arm's joint positions, rad."""
+        return np.array(self._env.robots[0]._joint_positions, dtype=np.float64)
+
     def step(self, action: np.ndarray):
-        raw, reward, _, _ = self._env.step(np.asarray(action, dtype=np.float64))
+        action = np.asarray(action, dtype=np.float64)
+        if self.controller == "JOINT_TARGET":  # absolute -> the controller's delta, at most max_joint_step
+            delta = np.clip(action[:7] - self.joint_positions(), -self.max_joint_step, self.max_joint_step)
+            action = np.concatenate([delta, action[7:]])
+        raw, reward, _, _ = self._env.step(action)
         return self._observation(raw), float(reward), bool(self._env._check_success())
 
     def render(self, camera: str) -> np.ndarray:

@@ -31,10 +31,10 @@ from vla.policies.flow_policy import FlowPolicy
 ARM = [f"fr3_joint{i}" for i in range(1, 8)]
 IMAGE = (32, 32, 3)
 MARGIN = 0.05
-# Staleness and latency limits for these tests: loose enough that a CI machine whose 2 cores are
-# shared with other work does not trip them (a watchdog test stops the frames outright), tight
-# enough that a stopped stream still latches within a few seconds.
-TOLERANT_TIMING = {"stale_image_s": 2.0, "stale_joint_state_s": 2.0, "max_latency_s": 3.0}
+# Staleness and latency limits for these tests: loose enough that the multi-second stalls seen on
+# a loaded 2-core CI machine do not trip them (a watchdog test stops the frames outright), tight
+# enough that a stopped stream still latches within seconds.
+TOLERANT_TIMING = {"stale_image_s": 5.0, "stale_joint_state_s": 5.0, "max_latency_s": 5.0}
 
 
 def make_checkpoint(path: Path, action_low: float, action_high: float, nan: bool = False) -> Path:
@@ -287,7 +287,7 @@ def test_watchdog_holds_on_stale_images_and_latches(graph):
     robot.wait_for(lambda: len(robot.trajectories) >= 3, 60, "trajectories")
     robot.publish_images = False
     robot.wait_for(lambda: robot.diagnostics.get("state") == "hold" or "watchdog" in robot.diagnostics.get("latched", ""),
-                   15, "the watchdog to latch")
+                   30, "the watchdog to latch")
     assert "scene" in robot.diagnostics["latched"]
     n = len(robot.trajectories)
     time.sleep(1.0)

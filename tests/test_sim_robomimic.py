@@ -52,3 +52,49 @@ def test_scripted_expert_succeeds(task):
         env.close()
     rate = np.mean([e["success"] for e in episodes])
     assert rate >= 0.9, f"{task} expert success {rate:.2f} over {len(episodes)} episodes"
+
+
+def test_joint_target_controller_reaches_absolute_targets_and_lists_controllers():
+    env = make_env("robomimic/Lift", num_envs=1, obs_mode="state", seed=0, vectorization="sync",
+                   controller="JOINT_TARGET", max_joint_step=0.05)
+    try:
+        assert env.spec.action_dim == 8 and env.spec.extra["controller"] == "JOINT_TARGET"
+        low, high = np.array(env.spec.action_low), np.array(env.spec.action_high)
+        np.testing.assert_allclose(low[[3, 5]], [-3.0718, -0.0175], atol=1e-3)  # the Panda's joint range
+        np.testing.assert_allclose(high[[3, 5]], [-0.0698, 3.7525], atol=1e-3)
+        assert (low[7], high[7]) == (-1.0, 1.0)
+        obs = env.reset()
+        q0 = obs[keys.OBS_STATE][0, :7].astype(np.float64)
+        target = q0 + np.array([0.15, -0.1, 0.1, 0.1, -0.1, 0.1, 0.2])
+        q_prev, steps = q0, []
+        for _ in range(15):
+            obs, *_ = env.step(np.concatenate([target, [-1.0]])[None])
+            q = obs[keys.OBS_STATE][0, :7].astype(np.float64)
+            steps.append(np.abs(q - q_prev).max())
+            q_prev = q
+        assert np.abs(q_prev - target).max() < 0.02, (q_prev, target)  # absolute targets are reached ...
+        assert max(steps) < 0.05 * 1.5, steps  # ... no faster than max_joint_step per control step
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match="OSC_POSE, JOINT_POSITION, JOINT_TARGET"):
+        make_env("robomimic/Lift", num_envs=1, obs_mode="state", vectorization="sync", controller="OSC")
+
+
+def test_collect_labels_joint_targets_with_the_next_joint_positions(tmp_path):
+    from sim.collect import CollectConfig, collect
+    from vla.datasets.lerobot_io import load_dataset
+
+    out = tmp_path / "lift_joint"
+    result = collect(CollectConfig(env="robomimic/Lift", episodes=1, out=out, num_envs=1, obs_mode="state",
+                                   action_label="joint_target", vectorization="sync"))
+    assert result.written == 1
+    data = load_dataset(out)
+    state = np.stack([np.asarray(data[i][keys.OBS_STATE]) for i in range(len(data))])
+    action = np.stack([np.asarray(data[i][keys.ACTION]) for i in range(len(data))])
+    assert action.shape == (len(data), 8)
+    np.testing.assert_allclose(action[:-1, :7], state[1:, :7], atol=1e-6)  # target = where the arm went next
+    assert set(np.unique(action[:, 7])) <= {-1.0, 1.0} and action[-1, 7] == 1.0  # gripper closed at the lift
+    with pytest.raises(ValueError, match="RoboMimic"):
+        collect(CollectConfig(env="metaworld/reach-v3", episodes=1, out=tmp_path / "mw", action_label="joint_target"))
+    with pytest.raises(KeyError, match="command, joint_target"):
+        collect(CollectConfig(env="robomimic/Lift", episodes=1, out=tmp_path / "x", action_label="joints"))

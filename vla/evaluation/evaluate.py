@@ -41,6 +41,14 @@ class EvalConfig:
     n_action_steps: int | None = field(default=None, metadata={"help": "override the policy's executed steps"})
     num_inference_steps: int | None = field(default=None, metadata={"help": "override the policy's NFE"})
     vectorization: str = "auto"
+    env_options: tuple[str, ...] = field(default=(), metadata={
+        "help": "suite options as key=value, e.g. controller=JOINT_TARGET for joint-position policies (RoboMimic)"})
+
+    def options(self) -> dict[str, str]:
+        bad = [o for o in self.env_options if "=" not in o]
+        if bad:
+            raise ValueError(f"env options are key=value, got {bad}")
+        return dict(o.split("=", 1) for o in self.env_options)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -67,7 +75,12 @@ def evaluate(config: EvalConfig) -> dict:
     image_size = policy.config.image_size or (84, 84)
     env = make_env(config.env, num_envs=config.num_envs, obs_mode="rgb" if cameras else "state", image_size=image_size,
                    cameras=cameras or None, seed=config.seed, max_episode_steps=config.max_episode_steps,
-                   vectorization=config.vectorization)
+                   vectorization=config.vectorization, **config.options())
+    if env.spec.action_dim != policy.config.action_dim:
+        env.close()
+        raise ValueError(f"the policy outputs {policy.config.action_dim}-dim actions but {config.env} takes "
+                         f"{env.spec.action_dim} (controller {env.spec.extra.get('controller', 'default')}); "
+                         "a joint-target policy needs --env-options controller=JOINT_TARGET")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     b = env.num_envs

@@ -24,6 +24,9 @@ import numpy as np
 
 
 
+STALL_TIMEOUT_S = 60.0  # wall seconds without simulated time advancing
+
+
 @dataclass
 class GraphEvalConfig:
     checkpoint: str
@@ -112,7 +115,7 @@ def run_episode(h: Harness, horizon_s: float) -> dict:
         raise RuntimeError(f"/sim/reset failed: {reply.message}")
     reply = json.loads(reply.message)
     episode = reply["episode"]
-    deadline = time.monotonic() + 30.0
+    deadline = time.monotonic() + 60.0
     while h.status.get("episode") != episode or h.status.get("steps", 0) < 5:  # fresh frames after the reset
         if time.monotonic() > deadline:
             raise TimeoutError("the simulator did not report the new episode")
@@ -125,14 +128,17 @@ def run_episode(h: Harness, horizon_s: float) -> dict:
             raise RuntimeError(f"policy node refused to enable: {enabled.message}")
         h.spin_for(0.1)
         enabled = h.call("/vla_policy/enable")
-    while True:
+    last_sim_time, last_progress = start_sim, time.monotonic()
+    while True:  # the episode may run far slower than real time on a loaded CPU: only a stall is an error
         h.spin_for(0.05)
         s = h.status
         elapsed = s["sim_time"] - start_sim
         if s.get("episode") == episode and (s["success"] or elapsed >= horizon_s):
             break
-        if time.monotonic() > deadline + 10 * horizon_s:
-            raise TimeoutError("episode did not finish (simulator stalled?)")
+        if s["sim_time"] > last_sim_time:
+            last_sim_time, last_progress = s["sim_time"], time.monotonic()
+        elif time.monotonic() - last_progress > STALL_TIMEOUT_S:
+            raise TimeoutError(f"simulated time stopped at {last_sim_time:.2f} s for {STALL_TIMEOUT_S:.0f} s of wall time")
     h.call("/vla_policy/reset")
     stamps = np.asarray(h.trajectory_stamps[first_command:])
     rate = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 2 and stamps[-1] > stamps[0] else 0.0
