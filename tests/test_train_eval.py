@@ -42,6 +42,12 @@ def test_train_checkpoint_eval_on_robosuite(tmp_path, lift_dataset):
     again = evaluate(EvalConfig(policy=checkpoint, env="robomimic/Lift", episodes=2, num_envs=2, videos=0,
                                 max_episode_steps=12, out=tmp_path / "eval2"))
     assert again["per_episode"] == results["per_episode"], "same seeds give the same result"
+    # the OSC checkpoint (7-d actions) against the joint-target controller (8-d): refused, naming the fix
+    with pytest.raises(ValueError, match="7-dim actions but robomimic/Lift takes 8"):
+        evaluate(EvalConfig(policy=checkpoint, env="robomimic/Lift", episodes=1, num_envs=1, videos=0,
+                            env_options=("controller=JOINT_TARGET",), out=tmp_path / "eval3"))
+    with pytest.raises(ValueError, match="key=value"):
+        evaluate(EvalConfig(policy=checkpoint, env="robomimic/Lift", env_options=("JOINT_TARGET",), out=tmp_path / "e4"))
 
 
 def test_resume_after_interruption_gives_the_same_weights(tmp_path, lift_dataset, monkeypatch):
