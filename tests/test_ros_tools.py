@@ -180,7 +180,7 @@ def test_recorder_sigterm_closes_the_bag_and_refuses_to_overwrite_it(tmp_path):
     typo = subprocess.run(cmd[:-4] + ["-p", f"output_dirr:={tmp_path / 'other'}"], env=_env(_domain(1)),
                           capture_output=True, text=True, timeout=30)
     assert typo.returncode == 2
-    assert "unknown parameter(s) ['output_dirr']; the recorder has: output_dir, topics" in typo.stdout + typo.stderr
+    assert "unknown parameter(s) ['output_dirr'] for recorder; available: output_dir, topics" in typo.stdout + typo.stderr
 
 
 def test_recorder_config_validation(tmp_path):

@@ -16,11 +16,9 @@ queue and close the bag (metadata.yaml written), so an interrupted recording kee
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import os
 import queue
-import signal
 import sys
 import threading
 import time
@@ -379,9 +377,19 @@ class Recorder:
         self.log.info(f"{elapsed:.0f} s recorded, queue {self.bag.queued()}/{self.config.max_queue}; "
                       + ("; ".join(lines) if lines else "no topics yet"))
 
+    @property
+    def fatal(self) -> bool:
+        return self.failed
+
+    def shutdown(self) -> None:
+        self.close()
+
     def close(self) -> dict[str, TopicStats]:
         for sub in self.subscriptions.values():
-            self.node.destroy_subscription(sub)
+            try:
+                self.node.destroy_subscription(sub)
+            except Exception:  # noqa: BLE001 - after a signal the context is gone; the bag still closes
+                pass
         self.subscriptions.clear()
         stats = self.bag.close()
         total = sum(s.messages for s in stats.values())
@@ -393,73 +401,12 @@ class Recorder:
         return stats
 
 
-ROS_BUILTIN_PARAMETERS = ("use_sim_time", "start_type_description_service")
-
-
-def read_config(node: Any) -> RecorderConfig:
-    """Declare one ROS parameter per RecorderConfig field and build the (validated) config.
-
-    Overrides naming no field (a typo in the YAML) are refused with the list of parameters;
-    float parameters also accept integers (``stats_period_s: 5``).
-    """
-    from rcl_interfaces.msg import ParameterDescriptor
-
-    fields = dataclasses.fields(RecorderConfig)
-    names = [f.name for f in fields]
-    unknown = sorted(set(getattr(node, "_parameter_overrides", {})) - set(names) - set(ROS_BUILTIN_PARAMETERS))
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown}; the recorder has: {', '.join(names)}")
-    values: dict[str, Any] = {}
-    for f in fields:
-        default = f.default
-        if isinstance(default, tuple):
-            # an empty array from a YAML file leaves the parameter unset: default to the default set
-            node.declare_parameter(f.name, list(default))
-            value = node.get_parameter(f.name).value
-            values[f.name] = tuple(value) if value is not None else default
-        elif isinstance(default, float):
-            node.declare_parameter(f.name, default, ParameterDescriptor(dynamic_typing=True))
-            value = node.get_parameter(f.name).value
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"parameter {f.name} must be a number, got {value!r}")
-            values[f.name] = float(value)
-        else:
-            node.declare_parameter(f.name, default)
-            values[f.name] = node.get_parameter(f.name).value
-    return RecorderConfig(**values)
-
-
 def main(args: list[str] | None = None) -> int:
-    import rclpy
-    from rclpy.exceptions import ParameterException
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.signals import SignalHandlerOptions
+    from vla_ros.ros_util import run_node
 
-    # Our own handlers: SIGINT and SIGTERM both end the spin loop so the bag is closed properly.
-    rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    node = rclpy.create_node("recorder")
-    try:
-        recorder = Recorder(node, read_config(node))
-    except (ValueError, TypeError, OSError, ParameterException) as err:
-        node.get_logger().fatal(f"invalid configuration: {err}")
-        node.destroy_node()
-        rclpy.try_shutdown()
-        return 2
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        while not stop.is_set() and not recorder.failed and rclpy.ok():
-            executor.spin_once(timeout_sec=0.1)
-    finally:
-        try:
-            recorder.close()
-        finally:
-            node.destroy_node()
-            rclpy.try_shutdown()
-    return 1 if recorder.failed else 0
+    # rclpy's handlers turn SIGINT and SIGTERM into a clean end of the spin; run_node then calls
+    # shutdown(), which closes the bag. A writer failure sets `fatal` and stops the node (exit 1).
+    return run_node("recorder", RecorderConfig, Recorder, num_threads=1, args=args)
 
 
 if __name__ == "__main__":

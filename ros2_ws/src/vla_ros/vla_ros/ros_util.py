@@ -21,18 +21,25 @@ def declare_config(node, config_class: type[C]) -> C:
     The dataclass's ``__post_init__`` validates, so a bad YAML value stops the node at start-up
     with the dataclass's message instead of surfacing mid-run. Tuples map to array parameters.
     """
+    from rcl_interfaces.msg import ParameterDescriptor
+
     hints = typing.get_type_hints(config_class)
     values: dict[str, Any] = {}
     for field in dataclasses.fields(config_class):
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
         if default is None:  # ROS parameters are typed by their default: node configs use "" / 0.0 sentinels
             raise TypeError(f"{config_class.__name__}.{field.name} needs a non-None default to be a ROS parameter")
+        if hints[field.name] is float:  # accept integers from YAML (`period_s: 5`), refuse anything else
+            node.declare_parameter(field.name, float(default), ParameterDescriptor(dynamic_typing=True))
+            value = node.get_parameter(field.name).value
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"parameter {field.name} must be a number, got {value!r}")
+            values[field.name] = float(value)
+            continue
         node.declare_parameter(field.name, list(default) if isinstance(default, tuple) else default)
         value = node.get_parameter(field.name).value
-        if isinstance(default, tuple) and value is not None:
-            value = tuple(value)
-        if hints[field.name] is float and isinstance(value, int):
-            value = float(value)
+        if isinstance(default, tuple):  # an empty YAML array leaves the parameter unset: the default
+            value = tuple(value) if value is not None else default
         values[field.name] = value
     # Values given on the command line or in a YAML file but never declared: a typo that would
     # otherwise be ignored silently (rclpy keeps them as overrides until something declares them).
@@ -48,9 +55,10 @@ def run_node(name: str, config_class: type[C], build: Callable[[Any, C], Any], *
     """Every node's life: parameters -> typed config -> ``build(node, config)`` -> spin -> clean exit.
 
     Exit codes: 2 invalid parameters, 1 the node could not start (no camera, unreachable policy
-    server, ...) or ended in a fatal state (``obj.fatal``), 0 after Ctrl-C. Each failure is
-    logged as one FATAL line and printed to stderr, so a launcher shows why a node is gone.
-    ``build`` returns an object with optional ``start()`` and ``shutdown()``.
+    server, ...) or ended in a fatal state (``obj.fatal`` turned true: the spin stops), 0 after
+    Ctrl-C or SIGTERM. Each failure is logged as one FATAL line and printed to stderr, so a
+    launcher shows why a node is gone. ``build`` returns an object with optional ``start()``,
+    ``shutdown()`` (always called, also after a signal) and ``fatal``.
     """
     import rclpy
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -79,7 +87,8 @@ def run_node(name: str, config_class: type[C], build: Callable[[Any, C], Any], *
     executor = MultiThreadedExecutor(num_threads=num_threads)
     executor.add_node(node)
     try:
-        executor.spin()
+        while node.context.ok() and not getattr(obj, "fatal", False):
+            executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
