@@ -227,9 +227,12 @@ class RobomimicEnv(SingleEnv):
     def _observation(self, raw: dict) -> dict:
         self.last_raw_obs = raw
         parts = []
-        for p in self._robot_prefixes:
+        for robot, p in zip(self._env.robots, self._robot_prefixes, strict=True):
             parts += [
-                np.arctan2(raw[p + "joint_pos_sin"], raw[p + "joint_pos_cos"]),
+                # The joint angles themselves, not atan2 of robosuite's sin/cos observation: that
+                # wraps at +-pi, and the Panda's joint 6 (range -0.02..3.75 rad) crosses pi in
+                # Lift, which would make both the state and joint-target labels jump by 2 pi.
+                np.asarray(robot._joint_positions, dtype=np.float64),
                 raw[p + "eef_pos"],
                 raw[p + "eef_quat"],
                 raw[p + "gripper_qpos"],

@@ -74,6 +74,11 @@ def test_joint_target_controller_reaches_absolute_targets_and_lists_controllers(
             q_prev = q
         assert np.abs(q_prev - target).max() < 0.02, (q_prev, target)  # absolute targets are reached ...
         assert max(steps) < 0.05 * 1.5, steps  # ... no faster than max_joint_step per control step
+        # joint 6 beyond pi (its range is -0.02..3.75 rad): the state reports the angle, never wrapped
+        target[5] = 3.4
+        for _ in range(20):
+            obs, *_ = env.step(np.concatenate([target, [-1.0]])[None])
+        assert 3.2 < obs[keys.OBS_STATE][0, 5] <= 3.41, obs[keys.OBS_STATE][0, :7]  # atan2 would give < -2.8
     finally:
         env.close()
     with pytest.raises(ValueError, match="OSC_POSE, JOINT_POSITION, JOINT_TARGET"):
