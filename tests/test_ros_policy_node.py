@@ -99,6 +99,7 @@ class FakeFranka:
         self.node.create_timer(0.05, self._publish_image)
         self.clients = {s: self.node.create_client(Trigger, f"/vla_policy/{s}") for s in ("enable", "estop", "reset")}
         self.goals: list = []  # FollowJointTrajectory goals, as a JointTrajectoryController receives them
+        self.abort_goals = False
         if trajectory_action:  # only when asked: an action server slows this single-threaded executor down
             from control_msgs.action import FollowJointTrajectory
             from rclpy.action import ActionServer
@@ -113,6 +114,10 @@ class FakeFranka:
         from control_msgs.action import FollowJointTrajectory
 
         self.goals.append(goal_handle.request.trajectory)
+        if self.abort_goals:  # what a JointTrajectoryController answers when its hardware went away
+            goal_handle.abort()
+            return FollowJointTrajectory.Result(error_code=FollowJointTrajectory.Result.PATH_TOLERANCE_VIOLATED,
+                                                error_string="hardware interface deactivated")
         goal_handle.succeed()
         return FollowJointTrajectory.Result(error_code=FollowJointTrajectory.Result.SUCCESSFUL)
 
@@ -278,6 +283,11 @@ def test_trajectories_as_follow_joint_trajectory_goals(graph):
     assert not robot.trajectories, "the topic stays silent when the action interface is chosen"
     lo, hi = FR3.q_min + MARGIN - 1e-9, FR3.q_max - MARGIN + 1e-9
     assert all(np.all((positions(t) >= lo) & (positions(t) <= hi)) and list(t.joint_names) == ARM for t in robot.goals)
+    # the controller starts aborting (a reflex deactivated the hardware): the node latches, loudly
+    robot.abort_goals = True
+    robot.wait_for(lambda: "aborted a trajectory" in robot.diagnostics.get("latched", ""), 30, "a latch on aborted goals")
+    assert "hardware interface deactivated" in robot.diagnostics["latched"]
+    assert not robot.call("enable").success
 
 
 def test_watchdog_holds_on_stale_images_and_latches(graph):

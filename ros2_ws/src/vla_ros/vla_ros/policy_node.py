@@ -405,11 +405,36 @@ class PolicyNode:
         if self.trajectory_client is not None:
             goal = self.FollowJointTrajectory.Goal()
             goal.trajectory = msg
-            self.trajectory_client.send_goal_async(goal)
+            self.trajectory_client.send_goal_async(goal).add_done_callback(self._on_goal_response)
         else:
             self.trajectory_pub.publish(msg)
         self.published += 1
         self.rate_window.append(time.monotonic())
+
+    def _on_goal_response(self, future) -> None:
+        """A controller that refuses goals (e.g. deactivated after a Franka reflex) latches the node."""
+        handle = future.result()
+        if handle is None or not handle.accepted:
+            self._controller_failed(f"{self.config.controller} rejected a trajectory goal")
+            return
+        handle.get_result_async().add_done_callback(self._on_goal_result)
+
+    def _on_goal_result(self, future) -> None:
+        from action_msgs.msg import GoalStatus
+
+        # CANCELED is the normal end of a goal the next one replaced; only an abort is a failure
+        response = future.result()
+        if response is not None and response.status == GoalStatus.STATUS_ABORTED:
+            result = response.result
+            self._controller_failed(f"{self.config.controller} aborted a trajectory (error_code {result.error_code}: "
+                                    f"{result.error_string or 'no message'})")
+
+    def _controller_failed(self, reason: str) -> None:
+        if self.safety.latched_reason is not None:
+            return  # already latched: one log line per failure episode
+        self.safety.estop(reason, now=self.now())
+        self.scheduler.reset()
+        self.log.error(f"{reason}: arm commands stopped (latched; recover the robot, then ~/reset and ~/enable)")
 
     def _command_gripper(self, command: str) -> None:
         c = self.config
