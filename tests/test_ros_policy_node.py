@@ -8,13 +8,11 @@ or clamp.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from vla import keys
 from vla.policies.checkpoint import save_policy
 from vla.policies.config import PolicyConfig
 from vla.policies.flow_policy import FlowPolicy
+from vla_ros.fake_franka import REALSENSE_COLOR, FakeFranka
 
 ARM = [f"fr3_joint{i}" for i in range(1, 8)]
 IMAGE = (32, 32, 3)
@@ -64,116 +63,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-class FakeFranka:
-    """Publishes /joint_states (100 Hz) and a camera topic (20 Hz); records the node's outputs."""
-
-    def __init__(self, domain_id: int, trajectory_action: bool = False):
-        import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
-        from sensor_msgs.msg import Image, JointState
-        from std_msgs.msg import String
-        from std_srvs.srv import Trigger
-        from trajectory_msgs.msg import JointTrajectory
-
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain_id)
-        self.node = rclpy.create_node("fake_franka", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.q = FR3.home.copy()
-        self.publish_images = True
-        self.malformed_images = False
-        self.trajectories: list = []
-        self.events: list[dict] = []
-        self.diagnostics: dict[str, str] = {}
-        self.Image, self.JointState, self.Trigger = Image, JointState, Trigger
-        self.joint_pub = self.node.create_publisher(JointState, "/joint_states", 10)
-        self.image_pub = self.node.create_publisher(Image, "/camera/camera/color/image_raw", 10)
-        self.node.create_subscription(JointTrajectory, "/fr3_arm_controller/joint_trajectory", self.trajectories.append, 50)
-        self.node.create_subscription(String, "/vla/policy_events", lambda m: self.events.append(json.loads(m.data)), 50)
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
-        self.node.create_timer(0.01, self._publish_joints)
-        self.node.create_timer(0.05, self._publish_image)
-        self.clients = {s: self.node.create_client(Trigger, f"/vla_policy/{s}") for s in ("enable", "estop", "reset")}
-        self.goals: list = []  # FollowJointTrajectory goals, as a JointTrajectoryController receives them
-        self.abort_goals = False
-        if trajectory_action:  # only when asked: an action server slows this single-threaded executor down
-            from control_msgs.action import FollowJointTrajectory
-            from rclpy.action import ActionServer
-
-            self.action_server = ActionServer(self.node, FollowJointTrajectory,
-                                              "/fr3_arm_controller/follow_joint_trajectory", self._execute_goal)
-        self.running = True
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _execute_goal(self, goal_handle):
-        from control_msgs.action import FollowJointTrajectory
-
-        self.goals.append(goal_handle.request.trajectory)
-        if self.abort_goals:  # what a JointTrajectoryController answers when its hardware went away
-            goal_handle.abort()
-            return FollowJointTrajectory.Result(error_code=FollowJointTrajectory.Result.PATH_TOLERANCE_VIOLATED,
-                                                error_string="hardware interface deactivated")
-        goal_handle.succeed()
-        return FollowJointTrajectory.Result(error_code=FollowJointTrajectory.Result.SUCCESSFUL)
-
-    def _spin(self):
-        while self.running:
-            self.executor.spin_once(timeout_sec=0.01)
-
-    def _on_diagnostics(self, msg):
-        for status in msg.status:
-            if status.name == "vla_policy":
-                self.diagnostics = {kv.key: kv.value for kv in status.values}
-
-    def _stamp(self):
-        return self.node.get_clock().now().to_msg()
-
-    def _publish_joints(self):
-        msg = self.JointState(name=ARM + ["fr3_finger_joint1", "fr3_finger_joint2"],
-                              position=[*map(float, self.q), 0.04, 0.04])
-        msg.header.stamp = self._stamp()
-        self.joint_pub.publish(msg)
-
-    def _publish_image(self):
-        if not self.publish_images:
-            return
-        msg = self.Image(height=IMAGE[0], width=IMAGE[1], encoding="rgb8", step=IMAGE[1] * 3)
-        msg.header.stamp = self._stamp()
-        n = IMAGE[0] * IMAGE[1] * 3 - (7 if self.malformed_images else 0)
-        msg.data = np.random.default_rng(0).integers(0, 255, n, dtype=np.uint8).tobytes()
-        self.image_pub.publish(msg)
-
-    def call(self, service: str, timeout_s: float = 10.0):
-        client = self.clients[service]
-        assert client.wait_for_service(timeout_sec=timeout_s), f"/vla_policy/{service} not available"
-        future = client.call_async(self.Trigger.Request())
-        end = time.monotonic() + timeout_s
-        while not future.done():
-            assert time.monotonic() < end, f"/vla_policy/{service} timed out"
-            time.sleep(0.01)
-        return future.result()
-
-    def wait_for(self, predicate, timeout_s: float, what: str):
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            if predicate():
-                return
-            time.sleep(0.05)
-        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-        raise AssertionError(f"timed out waiting for {what} after {timeout_s} s (load average {load})")
-
-    def close(self):
-        self.running = False
-        self.thread.join(timeout=2)
-        self.node.destroy_node()
-        import rclpy
-
-        rclpy.shutdown(context=self.context)
 
 
 def start_policy_node(domain_id: int, tmp_path: Path, **params) -> subprocess.Popen:
@@ -217,7 +106,8 @@ def graph(request, checkpoints, tmp_path):
     else:
         params["checkpoint"] = checkpoints[which]
     d = domain()
-    robot = FakeFranka(d, trajectory_action=params.get("command_interface") == "action")
+    robot = FakeFranka(d, cameras={REALSENSE_COLOR: IMAGE}, image_hz=20.0,
+                       trajectory_action=params.get("command_interface") == "action")
     proc = start_policy_node(d, tmp_path, **params)
     yield robot, proc
     robot.close()
@@ -334,3 +224,14 @@ def test_unreachable_policy_server_stops_the_node_with_a_clear_error(tmp_path):
     assert proc.wait(timeout=60) == 1  # could not start
     log = next(tmp_path.glob("policy_node_*.log")).read_text()
     assert f"127.0.0.1:{port}" in log, log[-2000:]
+
+
+def test_latency_bench_reports_every_stage_from_a_running_loop(checkpoints):
+    from vla_ros.latency_bench import STAGES, run, table
+
+    result = run(str(checkpoints["wild"]), 3.0, "joint_position", "fr3", "joint_state", "",
+                 [f"{k}:={v}" for k, v in TOLERANT_TIMING.items()])
+    assert set(result["latency_ms"]) == set(STAGES), result
+    assert all(v["p99"] >= v["p50"] > 0 for v in result["latency_ms"].values()), result
+    assert result["trajectories_per_s"] > 5, result  # the 20 Hz control loop ran (CI: loaded cores)
+    assert "| frame_to_trajectory_excl_inference_ms |" in table(result)
