@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.core import EnvConfig, episode_seed
+from sim.robomimic import JOINT_TARGET_KP
 
 FINGER_OPEN_WIDTH = 0.08  # m, Franka Hand maximum width
 
@@ -31,7 +32,7 @@ class SimFrankaConfig:
     image_size: int = 84
     cameras: tuple[str, ...] = ("scene", "wrist")
     seed: int = 0  # base seed: episode i starts from episode_seed(seed, 0, i), as in `vla eval`
-    joint_kp: float = 150.0
+    joint_kp: float = JOINT_TARGET_KP
     max_joint_step_rad: float = 0.2  # per control step; a real arm would reflex on larger jumps
 
     def __post_init__(self):

@@ -97,6 +97,11 @@ def _is_robosuite15(version: str) -> bool:
 
 ARM_CONTROLLERS = ("OSC_POSE", "JOINT_POSITION", "JOINT_TARGET")
 ENV_OPTIONS = ("controller", "control_freq", "joint_kp", "max_joint_step")
+# robosuite's joint controller multiplies kp (1/s^2) by the mass matrix. Its default 150 lags a
+# target by ~0.07 rad on Lift's demonstration motions (half a step); a JointTrajectoryController
+# on a Franka tracks within millimetres, and joint-target policies are trained on where the arm
+# went, so JOINT_TARGET defaults to a stiff 1000 (~0.02 rad lag, critically damped).
+JOINT_TARGET_KP = 1000.0
 
 
 def _controller_config(v15: bool, controller: str = "OSC_POSE", joint_kp: float = 150.0) -> dict:
@@ -176,7 +181,8 @@ class RobomimicEnv(SingleEnv):
         self._env = robosuite.make(
             self.task.env_name,
             robots=robots if len(robots) > 1 else robots[0],
-            controller_configs=_controller_config(v15, controller, float(config.options.get("joint_kp", 150.0))),
+            controller_configs=_controller_config(v15, controller, float(config.options.get(
+                "joint_kp", JOINT_TARGET_KP if controller == "JOINT_TARGET" else 150.0))),
             has_renderer=False,
             has_offscreen_renderer=True,  # render() works in every obs mode (videos)
             use_camera_obs=bool(sim_cameras),

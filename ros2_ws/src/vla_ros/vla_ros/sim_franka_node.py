@@ -41,7 +41,7 @@ class SimFrankaNodeConfig:
     cameras: tuple[str, ...] = ("scene", "wrist")
     seed: int = 0
     real_time_factor: float = 1.0
-    joint_kp: float = 300.0
+    joint_kp: float = 1000.0  # sim/robomimic.py JOINT_TARGET_KP, as `vla eval --env-options controller=JOINT_TARGET`
     start_time_s: float = 1.0  # sim time starts here: a zero stamp means "now" to a JTC
 
     def __post_init__(self):
