@@ -13,6 +13,7 @@ The ROS policy node (ros2_ws/src/vla_ros/vla_ros/policy_node.py) is a thin shell
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -67,13 +68,18 @@ class EEDeltaActions:
 
     action_dim = 7
 
-    def __init__(self, kinematics, gain: float = 1.0):
-        from hardware.franka.kinematics import EEDeltaToJoint
+    def __init__(self, kinematics, gain: float = 1.0, goal_box: tuple[Sequence[float], Sequence[float]] | None = None):
+        from hardware.franka.kinematics import EEDeltaToJoint, OscDeltaConfig
 
         if not 0 < gain <= 1:
             raise ValueError(f"ee_delta gain must be in (0, 1], got {gain}")
-        self.converter = EEDeltaToJoint(kinematics)
+        box = {} if goal_box is None else {"goal_box_min": tuple(goal_box[0]), "goal_box_max": tuple(goal_box[1])}
+        self.converter = EEDeltaToJoint(kinematics, OscDeltaConfig(**box))
         self.gain = gain
+
+    @property
+    def goals_clipped(self) -> int:
+        return self.converter.goals_clipped
 
     def reset(self) -> None:
         self.converter.reset()
@@ -95,7 +101,9 @@ class JointPositionActions:
 
     action_dim = 8
 
-    def __init__(self, kinematics=None, gain: float = 1.0):
+    goals_clipped = 0  # joint targets are not clipped here: the safety layer refuses outside the box
+
+    def __init__(self, kinematics=None, gain: float = 1.0, goal_box=None):
         if gain != 1.0:
             raise ValueError("the gain applies to ee_delta actions only")
 

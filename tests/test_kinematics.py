@@ -266,3 +266,22 @@ def test_bad_input_is_refused(kin):
         PandaKinematics(base_quat=[0, 0, 0, 0])
     with pytest.raises(ValueError, match="pos_scale"):
         OscDeltaConfig(pos_scale=0.0)
+
+
+def test_ee_goals_are_clipped_into_the_goal_box_before_ik(kin):
+    q0 = np.array([0.0, 0.196, 0.0, -2.618, 0.0, 2.94, 0.785])
+    base_pos0, _ = kin.fk(q0)
+    local0 = kin.base_rot.T @ (base_pos0 - kin.base_pos)  # grip site in the base frame
+    box_max = tuple(local0 + np.array([0.02, 0.5, 0.5]))  # 2 cm of room ahead in x
+    converter = EEDeltaToJoint(kin, OscDeltaConfig(goal_box_min=(-1.0, -1.0, -1.0), goal_box_max=box_max))
+    q = q0
+    for _ in range(4):  # +x at full scale: 5 cm per step, far past the box wall
+        q, _ = converter.convert(q, np.array([1.0, 0, 0, 0, 0, 0, -1.0]))
+    local = kin.base_rot.T @ (kin.fk(q)[0] - kin.base_pos)
+    assert local[0] == pytest.approx(box_max[0], abs=1e-4), "the arm stops at the wall"
+    assert converter.goals_clipped == 4  # every step: the first already asks for 5 cm with 2 cm of room
+    free = EEDeltaToJoint(kin)
+    q_free, _ = free.convert(q0, np.array([1.0, 0, 0, 0, 0, 0, -1.0]))
+    assert kin.base_rot.T @ (kin.fk(q_free)[0] - kin.base_pos) @ np.array([1, 0, 0]) > box_max[0] + 0.02
+    with pytest.raises(ValueError, match="both goal_box_min and goal_box_max"):
+        OscDeltaConfig(goal_box_min=(0, 0, 0))

@@ -364,6 +364,11 @@ class OscDeltaConfig:
     hold_orientation_on_zero_rotation: bool = True
     ik_max_iters: int = 100
     ik_tol: float = 1e-6
+    # Optional box (robot base frame, m) the goal position is clipped into before IK, as LeRobot's
+    # end-effector bounds do: a policy pushing past the workspace slides along its wall instead of
+    # having its trajectory refused by the safety layer (which stays the backstop).
+    goal_box_min: tuple[float, float, float] | None = None
+    goal_box_max: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         if not (self.pos_scale > 0.0 and self.rot_scale > 0.0):
@@ -372,6 +377,10 @@ class OscDeltaConfig:
             raise ValueError(f"input_max must be > input_min, got {self.input_min}, {self.input_max}")
         if self.ik_max_iters < 1 or not self.ik_tol > 0.0:
             raise ValueError(f"ik_max_iters must be >= 1 and ik_tol > 0, got {self.ik_max_iters}, {self.ik_tol}")
+        if (self.goal_box_min is None) != (self.goal_box_max is None):
+            raise ValueError("set both goal_box_min and goal_box_max, or neither")
+        if self.goal_box_min is not None and not np.all(np.asarray(self.goal_box_max) > np.asarray(self.goal_box_min)):
+            raise ValueError(f"goal_box_max must exceed goal_box_min, got {self.goal_box_min} .. {self.goal_box_max}")
 
     @classmethod
     def from_robosuite_defaults(cls, **overrides: Any) -> OscDeltaConfig:
@@ -418,6 +427,7 @@ class EEDeltaToJoint:
         self.goal_pos: np.ndarray | None = None
         self.goal_rot: np.ndarray | None = None
         self.last_ik: IkResult | None = None
+        self.goals_clipped = 0  # goals moved into goal_box (counted over the converter's life)
 
     def reset(self) -> None:
         """Forget the held goal orientation (the next goal starts from the measured pose)."""
@@ -445,6 +455,13 @@ class EEDeltaToJoint:
         IK iterate and ``last_ik.converged`` is False.
         """
         goal_pos, goal_rot = self.goal_pose(q_current, action)
+        if self.config.goal_box_min is not None:
+            kin = self.kinematics
+            local = kin.base_rot.T @ (goal_pos - kin.base_pos)
+            inside = np.clip(local, self.config.goal_box_min, self.config.goal_box_max)
+            if np.any(inside != local):
+                self.goals_clipped += 1
+                goal_pos = kin.base_pos + kin.base_rot @ inside
         q = np.asarray(q_current, dtype=np.float64)
         result = self.kinematics.ik(goal_pos, goal_rot, q, max_iters=self.config.ik_max_iters, tol=self.config.ik_tol)
         self.goal_pos, self.goal_rot, self.last_ik = goal_pos, goal_rot, result

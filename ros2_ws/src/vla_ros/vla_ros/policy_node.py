@@ -146,7 +146,11 @@ class PolicyNode:
         self.kinematics = PandaKinematics(base_pos=config.base_pos, base_quat=config.base_quat)
         base_frame = PandaKinematics()  # the safety layer's workspace box is in the robot base frame
         self.state_fn = STATE_LAYOUTS.get(config.state_layout)
-        self.action_space = action_cls(self.kinematics, gain=config.ee_delta_gain)
+        # end-effector goals are clipped 1 cm inside the workspace box, so the box check after IK
+        # (which refuses and holds) only fires on what clipping cannot fix
+        inset = np.full(3, 0.01)
+        goal_box = (np.asarray(config.workspace_min) + inset, np.asarray(config.workspace_max) - inset)
+        self.action_space = action_cls(self.kinematics, gain=config.ee_delta_gain, goal_box=goal_box)
         self.joint_names = [f"{config.arm_id}_joint{i}" for i in range(1, 8)]
         self.finger_names = [f"{config.arm_id}_finger_joint1", f"{config.arm_id}_finger_joint2"]
         safety_names = list(ROBOTS.get(config.robot).joint_names)
@@ -495,6 +499,7 @@ class PolicyNode:
         for stage, s in self.latency.summary().items():
             values[f"{stage}.p50"], values[f"{stage}.p99"] = f"{s['p50']:.3f}", f"{s['p99']:.3f}"
         values.update({f"safety.{k}": str(v) for k, v in self.safety.counters.items()})
+        values["safety.ee_goal_clipped"] = str(self.action_space.goals_clipped)
         values.update({f"chunks.{k}": str(v) for k, v in self.scheduler.counters.items()})
         status = DiagnosticStatus(level=level, name="vla_policy", message=values["latched"] or state.value,
                                   hardware_id=self.config.arm_id,
