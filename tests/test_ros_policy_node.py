@@ -26,6 +26,7 @@ from vla.policies.checkpoint import save_policy
 from vla.policies.config import PolicyConfig
 from vla.policies.flow_policy import FlowPolicy
 from vla_ros.fake_franka import REALSENSE_COLOR, FakeFranka
+from vla_ros.ros_util import stop_process_group
 
 ARM = [f"fr3_joint{i}" for i in range(1, 8)]
 IMAGE = (32, 32, 3)
@@ -78,16 +79,6 @@ def start_policy_node(domain_id: int, tmp_path: Path, **params) -> subprocess.Po
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def stop(proc: subprocess.Popen) -> int:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-    return proc.wait()
-
-
 def domain() -> int:
     return 100 + (os.getpid() * 7 + int(time.monotonic() * 1000)) % 100
 
@@ -113,7 +104,7 @@ def graph(request, checkpoints, tmp_path):
     robot.close()
     if server is not None:
         server.stop()
-    code = stop(proc)
+    code = stop_process_group(proc)
     print((tmp_path / f"policy_node_{d}.log").read_text()[-3000:])
     assert code in (0, -signal.SIGINT), f"policy node exited with {code}"
 

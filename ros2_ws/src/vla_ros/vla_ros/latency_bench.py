@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ def run(checkpoint: str, seconds: float, action_space: str, robot: str, state_la
     from vla import keys
     from vla.policies.checkpoint import load_policy
     from vla_ros.fake_franka import FakeFranka
+    from vla_ros.ros_util import stop_process_group
 
     config = load_policy(checkpoint).config
     shapes = {keys.camera_of(f): tuple(config.feature_shapes[f]) for f in config.image_features}
@@ -69,12 +69,7 @@ def run(checkpoint: str, seconds: float, action_space: str, robot: str, state_la
         diagnostics = dict(robot_side.diagnostics)
     finally:
         robot_side.close()
-        if node.poll() is None:
-            os.killpg(node.pid, signal.SIGINT)
-            try:
-                node.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(node.pid, signal.SIGKILL)
+        stop_process_group(node)
     if diagnostics.get("latched"):
         raise RuntimeError(f"the node latched during the run ({diagnostics['latched']}): the numbers would not be "
                            "those of a running loop")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
+import signal
+import subprocess
 import sys
 import typing
 from collections.abc import Callable
@@ -97,6 +100,17 @@ def run_node(name: str, config_class: type[C], build: Callable[[Any, C], Any], *
         node.destroy_node()
         rclpy.try_shutdown()
     return 1 if getattr(obj, "fatal", False) else 0
+
+
+def stop_process_group(proc, timeout_s: float = 10.0) -> int:
+    """Ctrl-C a node started with ``start_new_session=True`` (its whole group), SIGKILL if it hangs; its exit code."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.wait()
 
 
 # --------------------------------------------------------------------------- images
