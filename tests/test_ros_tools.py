@@ -181,6 +181,21 @@ def test_recorder_sigterm_closes_the_bag_and_refuses_to_overwrite_it(tmp_path):
                           capture_output=True, text=True, timeout=30)
     assert typo.returncode == 2
     assert "unknown parameter(s) ['output_dirr'] for recorder; available: output_dir, topics" in typo.stdout + typo.stderr
+    bogus = subprocess.run(cmd[:-4] + ["-p", f"output_dir:={tmp_path / 'other'}", "-p", "executor:=fast"],
+                           env=_env(_domain(1)), capture_output=True, text=True, timeout=30)
+    assert bogus.returncode == 2
+    assert "unknown executor 'fast'; available: events, multi_threaded" in bogus.stdout + bogus.stderr
+
+
+def test_recorder_runs_on_the_multi_threaded_executor_too(tmp_path):
+    bag = tmp_path / "bag"
+    cmd = [sys.executable, "-m", "vla_ros.recorder", "--ros-args", "-p", f"output_dir:={bag}",
+           "-p", "topics:=[/nobody_publishes_this]", "-p", "executor:=multi_threaded"]
+    proc = subprocess.Popen(cmd, env=_env(_domain(1)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(2.0)
+    rc, out = _stop(proc, signal.SIGTERM)
+    assert rc == 0, out
+    assert yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]["message_count"] == 0
 
 
 def test_recorder_config_validation(tmp_path):

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-STAGES = ("frame_to_trajectory_excl_inference_ms", "observation_ms", "inference_ms", "chunk_to_trajectory_ms")
+STAGES = ("joint_state_age_ms", "image_age_ms", "frame_to_trajectory_excl_inference_ms", "observation_ms", "inference_ms", "chunk_to_trajectory_ms")
 
 
 def camera_topics(cameras: list[str]) -> dict[str, str]:
