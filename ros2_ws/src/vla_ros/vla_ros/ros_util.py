@@ -76,7 +76,8 @@ RUNTIME_PARAMETERS = {"executor"}  # declared by run_node for every node, next t
 
 
 def run_node(name: str, config_class: type[C], build: Callable[[Any, C], Any], *, num_threads: int = 4,
-             args: list[str] | None = None, explain: Callable[[Exception], str] | None = None) -> int:
+             args: list[str] | None = None, explain: Callable[[Exception], str] | None = None,
+             default_executor: str = DEFAULT_EXECUTOR) -> int:
     """Every node's life: parameters -> typed config -> ``build(node, config)`` -> spin -> clean exit.
 
     The ``executor`` parameter picks the rclpy executor (``EXECUTORS``; ``num_threads`` is for
@@ -101,7 +102,7 @@ def run_node(name: str, config_class: type[C], build: Callable[[Any, C], Any], *
         return code
 
     try:
-        node.declare_parameter("executor", DEFAULT_EXECUTOR)
+        node.declare_parameter("executor", default_executor)
         executor_name = node.get_parameter("executor").value
         if executor_name not in EXECUTORS:
             raise ValueError(f"unknown executor {executor_name!r}; available: {', '.join(EXECUTORS)}")
