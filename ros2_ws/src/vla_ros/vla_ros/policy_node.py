@@ -245,8 +245,9 @@ class PolicyNode:
             self.safety.counters["malformed_image"] = self.safety.counters.get("malformed_image", 0) + 1
             self._throttled_error(f"image-{camera}", f"dropped a malformed {camera} image: {err}")
             return
-        stamp = stamp_to_s(msg.header.stamp) or self.now()
-        self.latency.add("image_age_ms", (self.now() - stamp) * 1e3)
+        now = self.now()
+        stamp = stamp_to_s(msg.header.stamp) or now
+        self.latency.add("image_age_ms", (now - stamp) * 1e3)
         with self.lock:
             self.images[camera] = (image, stamp, received)
         self.safety.observe_image(camera, stamp)
@@ -260,8 +261,9 @@ class PolicyNode:
             return
         index = {n: i for i, n in enumerate(names)}
         arm = [n for n in self.joint_names if n in index]
-        stamp = stamp_to_s(msg.header.stamp) or self.now()
-        self.latency.add("joint_state_age_ms", (self.now() - stamp) * 1e3)
+        now = self.now()
+        stamp = stamp_to_s(msg.header.stamp) or now
+        self.latency.add("joint_state_age_ms", (now - stamp) * 1e3)
         if len(arm) != 7:
             # hand the safety layer what arrived so it refuses (and logs) with the names it got
             self.safety.observe_joint_state(names, positions, stamp)

@@ -81,8 +81,8 @@ def run_node(name: str, config_class: type[C], build: Callable[[Any, C], Any], *
     """Every node's life: parameters -> typed config -> ``build(node, config)`` -> spin -> clean exit.
 
     The ``executor`` parameter picks the rclpy executor (``EXECUTORS``; ``num_threads`` is for
-    ``multi_threaded``). Exit codes: 2 invalid parameters, 1 the node could not start (no camera, unreachable policy
-    server, ...) or ended in a fatal state (``obj.fatal`` turned true: the spin stops), 0 after
+    ``multi_threaded``). Exit codes: 2 invalid parameters, 1 the node could not start (no camera,
+    unreachable policy server, ...) or ended in a fatal state (``obj.fatal`` turned true: the spin stops), 0 after
     Ctrl-C or SIGTERM. Each failure is logged as one FATAL line and printed to stderr, so a
     launcher shows why a node is gone. ``build`` returns an object with optional ``start()``,
     ``shutdown()`` (always called, also after a signal) and ``fatal``.
