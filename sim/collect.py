@@ -42,6 +42,10 @@ class CollectConfig:
     action_label: str = field(default="command", metadata={
         "help": "command (what the expert sent the controller) or joint_target (the arm's joint positions after "
                 "each step + the gripper command: data for joint-position policies, RoboMimic tasks)"})
+    action_noise: float = field(default=0.0, metadata={
+        "help": "DART noise injection: std of Gaussian noise added to the executed action on the dims the expert "
+                "servos in closed loop (end-effector position); the dataset keeps the expert's clean action, so it "
+                "shows corrections back from perturbed states (0: off)"})
 
     def output_dir(self) -> Path:
         return Path(self.out) if self.out else Path("data/datasets") / self.env.replace("/", "_")
@@ -58,6 +62,40 @@ def _label_joint_target(command: np.ndarray, after: dict[str, Any]) -> np.ndarra
     """Where the arm went (the next joint positions) as an absolute target, and the gripper command."""
     q_next = np.asarray(after[keys.OBS_STATE], dtype=np.float32)[:7]
     return np.concatenate([q_next, np.asarray(command, dtype=np.float32)[-1:]])
+
+
+def _noise_dims(config: CollectConfig, expert) -> list[int]:
+    """The action dims that get DART noise (checked before any simulator starts); [] when off."""
+    if config.action_noise < 0 or not np.isfinite(config.action_noise):
+        raise ValueError(f"action_noise must be a finite number >= 0, got {config.action_noise}")
+    if config.action_noise == 0:
+        return []
+    if config.action_label != "command":
+        raise ValueError("action_noise needs action_label command: a joint_target label records where the "
+                         "perturbed arm went, not the expert's correction")
+    from sim.experts import noise_capable_experts
+
+    dims = list(getattr(expert, "servoed_action_dims", ()))
+    if not dims:
+        raise ValueError(f"the {config.env} expert does not declare servoed_action_dims, so it may not correct "
+                         f"noise on any action dim; action_noise works with: {', '.join(noise_capable_experts())}")
+    return dims
+
+
+def _perturbation(config: CollectConfig, dims: list[int], spec):
+    """``actions -> executed actions``: Gaussian noise on ``dims``, clipped to the action bounds; None when off."""
+    if not dims:
+        return None
+    rng = np.random.default_rng(config.seed + 7919)
+    low = np.asarray(spec.action_low, dtype=np.float32) if spec.action_low else -np.inf
+    high = np.asarray(spec.action_high, dtype=np.float32) if spec.action_high else np.inf
+
+    def perturb(actions: np.ndarray) -> np.ndarray:
+        executed = np.array(actions, dtype=np.float32, copy=True)
+        executed[:, dims] += rng.normal(0.0, config.action_noise, size=(len(executed), len(dims)))
+        return np.clip(executed, low, high).astype(np.float32)
+
+    return perturb
 
 
 ACTION_LABELS: Registry = Registry("action label")
@@ -116,8 +154,9 @@ def collect(config: CollectConfig) -> CollectResult:
     out = config.output_dir()
     check_dataset_dir(out)  # refuse before starting any simulator
     suite, task = split_name(config.env)  # an unknown name fails here, listing what exists
-    make_expert(f"{suite.name}/{task}")  # so does a task without a scripted expert
+    expert = make_expert(f"{suite.name}/{task}")  # so does a task without a scripted expert
     label_action = ACTION_LABELS.get(config.action_label)
+    noise_dims = _noise_dims(config, expert)
     if config.action_label == "joint_target" and suite.name != "robomimic":
         raise ValueError(f"action_label joint_target needs a RoboMimic task (its state starts with the joint "
                          f"positions), got {config.env}")
@@ -142,13 +181,14 @@ def collect(config: CollectConfig) -> CollectResult:
             features = features_from_spec(
                 spec.state_dim, action_dim, spec.env_state_dim, spec.cameras, spec.image_size, config.video
             )
+            perturb = _perturbation(config, noise_dims, spec)
             writer = EpisodeWriter(out, fps=spec.fps, features=features, robot_type=spec.robot, use_videos=config.video)
             buffers: list[list[dict]] = [[] for _ in range(env.num_envs)]
             obs = env.reset()
             bar = tqdm(total=config.episodes, desc=f"collect {config.env}", unit="ep")
             while result.written < config.episodes and result.attempted < max_attempts:
                 actions = env.expert_actions()
-                next_obs, reward, terminated, truncated, info = env.step(actions)
+                next_obs, reward, terminated, truncated, info = env.step(actions if perturb is None else perturb(actions))
                 for i in range(env.num_envs):
                     done = bool(terminated[i] or truncated[i])
                     after = info["final_observation"][i] if done else {k: v[i] for k, v in next_obs.items()}

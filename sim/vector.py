@@ -207,6 +207,9 @@ class SubprocVectorEnv(VectorEnv):
             self.conns.append(conn)
             self.procs.append(proc)
         self.num_envs = len(configs)
+        # True between sending commands and reading every reply: an exception in between (Ctrl-C)
+        # can leave a reply half-read, and the socket stream then no longer parses
+        self._in_flight = True
         specs = self._receive_all()
         self.spec = specs[0]
 
@@ -220,17 +223,25 @@ class SubprocVectorEnv(VectorEnv):
             if status == "error":
                 errors.append(f"[env {i}] {payload}")
             results.append(payload)
+        self._in_flight = False
         if errors:
             self.close()
             raise RuntimeError("simulator worker failed:\n" + "\n".join(errors))
         return results
 
     def _call_all(self, method, args):
+        self._in_flight = True
         for conn, a in zip(self.conns, args, strict=True):
             conn.send((method, a))
         return self._receive_all()
 
     def close(self):
+        if getattr(self, "_in_flight", False):
+            # interrupted mid-call: the command stream may be cut mid-message, so a polite
+            # "close" could wait forever on a reply that no longer parses; stop the workers
+            for proc in self.procs:
+                proc.terminate()
+            self.conns = []
         for conn in self.conns:
             try:
                 conn.send(("close", ()))

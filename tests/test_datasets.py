@@ -165,3 +165,49 @@ def test_collect_works_for_every_suite_with_an_expert(tmp_path, env_name):
     assert info["episodes"] == 1 and keys.image_key("scene") in info["features"]
     item = load_dataset(out)[0]
     assert item[keys.image_key("scene")].shape == (3, 32, 32)
+
+
+def _episode_columns(path: Path, episode: int) -> dict[str, np.ndarray]:
+    table = load_dataset(path).hf_dataset.with_format("numpy")
+    rows = np.asarray(table["episode_index"]).reshape(-1) == episode
+    return {k: np.asarray(table[k])[rows] for k in (keys.OBS_STATE, keys.ACTION)}
+
+
+def test_action_noise_perturbs_execution_but_records_the_experts_clean_action(tmp_path):
+    common = dict(env="robomimic/Lift", episodes=1, num_envs=1, obs_mode="state", seed=3)
+    collect(CollectConfig(out=tmp_path / "clean", **common))
+    collect(CollectConfig(out=tmp_path / "dart", action_noise=0.5, **common))
+    clean, dart = _episode_columns(tmp_path / "clean", 0), _episode_columns(tmp_path / "dart", 0)
+    # same reset: the first label is the expert's, before any noise was executed
+    np.testing.assert_array_equal(clean[keys.ACTION][0], dart[keys.ACTION][0])
+    np.testing.assert_array_equal(clean[keys.OBS_STATE][0], dart[keys.OBS_STATE][0])
+    # the executed (noisy) action moved the arm elsewhere than the clean one did
+    assert np.abs(clean[keys.OBS_STATE][1] - dart[keys.OBS_STATE][1]).max() > 1e-4
+    # labels stay the expert's: no noise on rotation (the expert never rotates), in bounds, gripper +-1
+    labels = dart[keys.ACTION]
+    assert np.all(labels[:, 3:6] == 0) and np.abs(labels).max() <= 1.0
+    assert set(np.unique(labels[:, 6]).tolist()) <= {-1.0, 1.0}
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(action_label="joint_target"), "needs action_label command"),
+        (dict(action_noise=-0.1), "finite number >= 0"),
+        (dict(action_noise=float("nan")), "finite number >= 0"),
+    ],
+)
+def test_bad_action_noise_is_refused_before_any_simulator_starts(tmp_path, overrides, message):
+    config = dict(env="robomimic/Lift", episodes=1, out=tmp_path / "ds", action_noise=0.5) | overrides
+    with pytest.raises(ValueError, match=message):
+        collect(CollectConfig(**config))
+    assert not (tmp_path / "ds").exists()
+
+
+def test_action_noise_needs_an_expert_that_servos(tmp_path, monkeypatch):
+    from sim.experts.robomimic import PhaseExpert
+
+    monkeypatch.delattr(PhaseExpert, "servoed_action_dims")
+    with pytest.raises(ValueError, match="does not declare servoed_action_dims.*maniskill/PickCube-v1"):
+        collect(CollectConfig(env="robomimic/Lift", episodes=1, out=tmp_path / "ds", action_noise=0.5))
+    assert not (tmp_path / "ds").exists()

@@ -224,5 +224,5 @@ def test_latency_bench_reports_every_stage_from_a_running_loop(checkpoints):
                  [f"{k}:={v}" for k, v in TOLERANT_TIMING.items()])
     assert set(result["latency_ms"]) == set(STAGES), result
     assert all(v["p99"] >= v["p50"] > 0 for v in result["latency_ms"].values()), result
-    assert result["trajectories_per_s"] > 1, result  # the control loop ran (20 Hz when idle; CI cores are shared)
+    assert result["trajectories_per_s"] > 5, result  # the 20 Hz control loop kept up (26/s idle on EventsExecutor)
     assert "| frame_to_trajectory_excl_inference_ms |" in table(result)

@@ -122,6 +122,24 @@ def test_subprocess_vector_env_matches_in_process():
         sync.close()
 
 
+def test_close_after_an_interrupted_call_stops_the_workers():
+    """Ctrl-C can cut a command mid-message; close() must not wait on a stream that no longer parses."""
+    import struct
+    import threading
+
+    env = make_env("robomimic/Lift", num_envs=2, seed=3, vectorization="subprocess")
+    procs = list(env.procs)
+    env._in_flight = True  # as _call_all leaves it when interrupted
+    env.conns[0]._send(struct.pack("!i", 1000) + b"cut")  # a header promising 1000 bytes, 3 sent
+    closer = threading.Thread(target=env.close, daemon=True)
+    closer.start()
+    closer.join(timeout=30)
+    assert not closer.is_alive(), "close() hung on a cut stream"
+    assert all(p.poll() is not None for p in procs)
+    for p in procs:
+        p.kill()
+
+
 def test_worker_errors_surface_with_the_cause():
     with pytest.raises(ValueError, match="unknown camera"):
         make_env("robomimic/Lift", obs_mode="rgb", cameras=("nope",))

@@ -28,6 +28,9 @@ EXPERT_MODULES = {
 
 
 class Expert(Protocol):
+    """An expert may also declare ``servoed_action_dims``: the action dims it controls in closed loop,
+    on which ``vla collect --action-noise`` injects noise (DART)."""
+
     def reset(self, env) -> None: ...
 
     def act(self, env) -> np.ndarray: ...
@@ -42,6 +45,16 @@ def expert_tasks(suite: str) -> list[str]:
 
 def available_experts() -> list[str]:
     return [f"{s}/{t}" for s in EXPERT_MODULES for t in expert_tasks(s)]
+
+
+def noise_capable_experts() -> list[str]:
+    """Experts that declare ``servoed_action_dims`` (usable with ``vla collect --action-noise``)."""
+    capable = []
+    for suite, module in EXPERT_MODULES.items():
+        for task, factory in importlib.import_module(module).EXPERTS.items():
+            if getattr(factory, "servoed_action_dims", ()):
+                capable.append(f"{suite}/{task}")
+    return capable
 
 
 def make_expert(env_name: str) -> Expert:

@@ -55,6 +55,9 @@ def _closest_yaw(target: float, current: float, period: float) -> float:
 class _PandaExpert:
     """Shared servoing: a P controller on TCP position and orientation."""
 
+    # closed-loop P control on TCP position: noise on these dims gets corrected (DART)
+    servoed_action_dims = (0, 1, 2)
+
     pos_gain = 1.5
     rot_gain = 1.2
     max_pos = 0.5  # largest normalized position command (big IK deltas can fail)

@@ -34,6 +34,9 @@ def move_action(eef: np.ndarray, target: np.ndarray, gripper: float, gain: float
 class PhaseExpert:
     """Runs ``plan(raw_obs)`` phases in order; a phase ends when its target is reached."""
 
+    # closed-loop P control on end-effector position: noise on these dims gets corrected (DART)
+    servoed_action_dims = (0, 1, 2)
+
     def __init__(self, task: str):
         self.task = task
         self.phases: list[Phase] = []
