@@ -343,7 +343,7 @@ def test_respawn_and_shutdown_escalation(tmp_path):
         {"name": "flaky", "executable": str(TALKER), "respawn": True, "respawn_delay": 0.2,
          "parameters": {"exit_after_s": 0.3, "exit_code": 5}},
         # ignores SIGINT: the launcher must escalate to SIGTERM
-        {"name": "stubborn", "executable": "sh", "args": ["-c", "trap '' INT; while true; do sleep 0.1; done"]},
+        {"name": "stubborn", "executable": "sh", "args": ["-c", "trap '' INT; echo trapped; while true; do sleep 0.1; done"]},
     ])
     lines: list[str] = []
     running = L.launch(L.Graph.from_yaml(path, domain_id=_domain(4)), output=lines.append,
@@ -353,12 +353,35 @@ def test_respawn_and_shutdown_escalation(tmp_path):
         while running.restarts["flaky"] < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert running.restarts["flaky"] >= 2, lines
-        assert running.returncodes["stubborn"] is None
+        while "[stubborn] trapped" not in lines and time.monotonic() < deadline:  # a loaded machine starts sh late
+            time.sleep(0.05)
+        assert "[stubborn] trapped" in lines and running.returncodes["stubborn"] is None, lines
     finally:
         codes = running.stop()
     assert codes["stubborn"] == -signal.SIGTERM, lines
     assert "[launcher] sending SIGTERM to stubborn" in lines
     assert any("flaky exited with code 5" in line for line in lines)
+
+
+def test_a_python_node_that_will_not_stop_dumps_its_stacks_before_sigkill(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(TALKER.parent))  # so the launcher finds the `hang` module
+    path = tmp_path / "graph.yaml"
+    path.write_text(yaml.safe_dump({
+        "env": {"PYTHONPATH": os.pathsep.join([str(TALKER.parent), os.environ.get("PYTHONPATH", "")])},
+        "nodes": [{"name": "hung", "module": "hang"}]}))
+    lines: list[str] = []
+    running = L.launch(L.Graph.from_yaml(path, domain_id=_domain(4)), output=lines.append,
+                       sigint_timeout=0.3, sigterm_timeout=0.3)
+    try:
+        deadline = time.monotonic() + 30
+        while "[hung] hanging" not in lines and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "[hung] hanging" in lines, lines
+    finally:
+        codes = running.stop()
+    assert codes["hung"] == -signal.SIGKILL, lines
+    assert "[launcher] sending SIGUSR1 to hung (stack dump before SIGKILL)" in lines, lines
+    assert any(line.startswith("[hung] ") and "stuck_in_shutdown" in line for line in lines), lines
 
 
 def test_cli_required_node_failure_stops_the_rest_and_exits_nonzero(tmp_path):

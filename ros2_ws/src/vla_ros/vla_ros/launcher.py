@@ -7,7 +7,9 @@ Usage:
 ``launch``/``launch_ros`` are not on PyPI, so this covers what our graphs need from them: one
 process (and process group) per node, a merged parameter file per node, remappings, output
 prefixed with the node name, respawn, and ``required`` nodes whose exit ends the whole graph
-(with a non-zero exit status if it failed). Shutdown escalates SIGINT -> SIGTERM -> SIGKILL.
+(with a non-zero exit status if it failed). Shutdown escalates SIGINT -> SIGTERM -> SIGKILL; a
+Python node (``module:``) still alive before the SIGKILL first gets SIGUSR1, on which
+``run_node`` prints every thread's stack, so the log says where it hung.
 
 Graph YAML:
     description: optional text
@@ -55,6 +57,7 @@ GRAPH_KEYS = ("description", "env", "nodes")
 NODE_KEYS = ("name", "module", "executable", "args", "params_file", "parameters", "remappings",
              "respawn", "respawn_delay", "required", "enabled", "env")
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+STACK_DUMP_WAIT_S = 1.0  # after SIGUSR1, before SIGKILL: time for a hung node to print its stacks
 MAX_DOMAIN_ID = 232  # Fast DDS/Cyclone port arithmetic limit
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # ros2_ws/src/vla_ros: nodes run from source
 
@@ -535,6 +538,11 @@ class RunningGraph:
             self._say(f"sending {signal.Signals(sig).name} to {', '.join(p.spec.name for p in alive)}")
             self._signal_all(sig, alive)
             alive = self._wait_exit(alive, timeout)
+        dumpable = [p for p in alive if p.spec.module]  # our Python nodes dump their stacks on SIGUSR1
+        if dumpable:
+            self._say(f"sending SIGUSR1 to {', '.join(p.spec.name for p in dumpable)} (stack dump before SIGKILL)")
+            self._signal_all(signal.SIGUSR1, dumpable)
+            alive = self._wait_exit(alive, STACK_DUMP_WAIT_S)
         if alive:
             self._say(f"sending SIGKILL to {', '.join(p.spec.name for p in alive)}")
             self._signal_all(signal.SIGKILL, alive)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import io
 import os
 import signal
@@ -73,6 +74,8 @@ def _multi_threaded_executor(num_threads: int):
 EXECUTORS: dict[str, Callable[[int], Any]] = {"events": _events_executor, "multi_threaded": _multi_threaded_executor}
 DEFAULT_EXECUTOR = "events"
 RUNTIME_PARAMETERS = {"executor"}  # declared by run_node for every node, next to the node's own config
+EXECUTOR_SHUTDOWN_TIMEOUT_S = 5.0
+STACK_DUMP_SIGNAL = signal.SIGUSR1  # `kill -USR1 <pid>`: every thread's Python stack to stderr (the log)
 
 
 def run_node(name: str, config_class: type[C], build: Callable[[Any, C], Any], *, num_threads: int = 4,
@@ -90,6 +93,8 @@ def run_node(name: str, config_class: type[C], build: Callable[[Any, C], Any], *
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
+    # a node that does not stop can be asked where it is stuck, even with the GIL held in C++
+    faulthandler.register(STACK_DUMP_SIGNAL, all_threads=True)
     rclpy.init(args=args if args is not None else sys.argv)
     node = rclpy.create_node(name)
 
@@ -125,6 +130,10 @@ def run_node(name: str, config_class: type[C], build: Callable[[Any, C], Any], *
     finally:
         if hasattr(obj, "shutdown"):
             obj.shutdown()
+        # Stop the executor (the EventsExecutor's timer thread) before destroying the entities it
+        # serves: a node on the EventsExecutor once outlived SIGINT and SIGTERM at this point after
+        # a 26-minute run and had to be SIGKILLed.
+        executor.shutdown(timeout_sec=EXECUTOR_SHUTDOWN_TIMEOUT_S)
         node.destroy_node()
         rclpy.try_shutdown()
     return 1 if getattr(obj, "fatal", False) else 0
