@@ -86,7 +86,7 @@ def _perturbation(config: CollectConfig, dims: list[int], spec):
     """``actions -> executed actions``: Gaussian noise on ``dims``, clipped to the action bounds; None when off."""
     if not dims:
         return None
-    rng = np.random.default_rng(config.seed + 7919)
+    rng = np.random.default_rng(config.seed + 7919)  # its own stream, apart from the episode seeds
     low = np.asarray(spec.action_low, dtype=np.float32) if spec.action_low else -np.inf
     high = np.asarray(spec.action_high, dtype=np.float32) if spec.action_high else np.inf
 
