@@ -1,7 +1,10 @@
 # The two commands of the README. Both set up everything they need (idempotent, cached
 # outside the clone: ~/.cache/vla-stack) and then run.
 SHELL := /bin/bash
-ENV := eval "$$(bash scripts/setup_env.sh)" && eval "$$(bash scripts/build_ros2_ws.sh)" &&
+# Each set-up script's output is captured and its exit status checked before it is eval'd:
+# `eval "$(script)"` would swallow a failure and leave the next step to fail obscurely.
+ENV := setup_exports="$$(bash scripts/setup_env.sh)" && eval "$$setup_exports" && \
+	ros_exports="$$(bash scripts/build_ros2_ws.sh)" && eval "$$ros_exports" &&
 PYTEST_ARGS ?=
 
 .PHONY: demo test setup bench

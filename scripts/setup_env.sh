@@ -5,7 +5,7 @@
 #      GPU, unpacked from Debian's backports suite into the cache, /etc untouched;
 #   3. a Python 3.12 virtual environment outside the clone, keyed by a hash of the dependency
 #      pins in pyproject.toml, so every clone (and every CI run) reuses it;
-#   4. this checkout installed into it in editable mode (seconds);
+#   4. the `vla` console script (this checkout's code is chosen by PYTHONPATH, not the venv);
 #   5. a small robosuite 1.5 venv beside it for the RoboMimic tasks robosuite 1.4 lacks.
 # Prints `export ...` lines to stdout for `eval`; all progress goes to stderr.
 set -euo pipefail
@@ -115,6 +115,16 @@ print(hashlib.sha256(json.dumps(pins, sort_keys=True).encode()).hexdigest()[:12]
 EOF
 )"
 VENV="${VLA_VENV:-$CACHE_DIR/venv-$PIN_HASH}"
+# Each environment is ~8 GB: keep $VENV and the most recent other one, drop older ones. With
+# no other environment grep selects nothing and exits 1; under pipefail that must not end the
+# script (it did, on every first run, right after the environment was built).
+remove_stale_environments() {
+    { ls -dt "$CACHE_DIR"/venv-* 2>/dev/null | grep -vx "$VENV" || true; } | tail -n +2 |
+        while read -r old; do
+            log "removing stale environment $old"
+            rm -rf "$old"
+        done
+}
 if [ ! -f "$VENV/.complete" ]; then
     log "building the Python 3.12 environment in $VENV (several minutes, ~8 GB)"
     rm -rf "$VENV"
@@ -130,14 +140,16 @@ EOF
     "$VENV/bin/pip" install --progress-bar off -r "$VENV/requirements.txt" >&2
     touch "$VENV/.complete"
     # Each environment is ~8 GB: keep this one and the most recent other one, drop older ones.
-    ls -dt "$CACHE_DIR"/venv-* 2>/dev/null | grep -vx "$VENV" | tail -n +2 | while read -r old; do
-        log "removing stale environment $old"
-        rm -rf "$old"
-    done
+    remove_stale_environments
 fi
-# Editable install of this checkout: cheap, and points the venv at the clone being used.
-if ! (cd / && "$VENV/bin/python" -c "import vla, pathlib, sys; sys.exit(pathlib.Path(vla.__file__).resolve().parents[1] != pathlib.Path('$REPO_ROOT'))") 2>/dev/null; then
-    log "installing this checkout ($REPO_ROOT) in editable mode"
+# ---------------------------------------------------------------- 4. the `vla` command
+# The venv is shared by every clone, so it must not decide which clone's code runs: the
+# exports below put this checkout first on PYTHONPATH, ahead of any editable install (whose
+# finder comes after sys.path). The package is installed once, only for its console script and
+# metadata; which clone that install names does not matter, and it is never reinstalled, so
+# two clones used one after the other, or at once, each import their own code.
+if [ ! -x "$VENV/bin/vla" ]; then
+    log "installing the vla console script into $VENV"
     "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e "$REPO_ROOT" >&2
 fi
 
@@ -185,6 +197,8 @@ fi
 
 # ---------------------------------------------------------------- 6. environment for callers
 echo "export VIRTUAL_ENV='$VENV'"
+echo "export VLA_REPO_ROOT='$REPO_ROOT'"
+echo "export PYTHONPATH='$REPO_ROOT'\${PYTHONPATH:+:\$PYTHONPATH}"
 echo "export PATH='$VENV/bin':\"\$PATH\""
 echo "export AMENT_PREFIX_PATH='$VENV'"
 echo "export MUJOCO_GL=\${MUJOCO_GL:-egl}"
