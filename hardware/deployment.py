@@ -15,12 +15,14 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from vla import keys
+from vla.observation import ObservationSpec
 from vla.registry import Registry
+from vla.threads import set_thread_budget
 
 ARM_DOF = 7
 
@@ -145,24 +147,14 @@ class GripperSwitch:
 
 
 # --------------------------------------------------------------------------- policy backends
-class PolicyBackend(Protocol):
-    metadata: dict[str, Any]
-
-    def infer(self, obs: dict[str, Any]) -> np.ndarray: ...
-
-    def close(self) -> None: ...
-
-
 def policy_metadata(policy) -> dict[str, Any]:
     """What a caller needs to feed a policy and run its chunks: the policy server's handshake."""
-    from vla.serving.server import policy_metadata as server_metadata
-
-    return server_metadata(policy.config)
+    return policy.observation_spec.metadata()
 
 
 def feature_shapes(metadata: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """Array features (name -> shape) of a policy's metadata; the instruction is not an array."""
-    return {k: tuple(v["shape"]) for k, v in metadata["features"].items() if v["dtype"] != "str"}
+    return ObservationSpec.from_metadata(metadata).array_features
 
 
 class LocalPolicy:
@@ -171,9 +163,10 @@ class LocalPolicy:
     def __init__(self, checkpoint: str, device: str = "cpu", seed: int = 0, threads: int = 1):
         import torch
 
-        # One intra-op thread by default: a controller PC also runs cameras, DDS and the control
-        # timer, and OpenMP workers spinning on every core starve them (stale joint states).
-        torch.set_num_threads(threads)
+        # One intra-op thread by default (the node role's budget): a controller PC also runs
+        # cameras, DDS and the control timer, and OpenMP workers spinning on every core starve
+        # them (stale joint states).
+        set_thread_budget("node", threads)
 
         from vla.policies.checkpoint import load_policy
 
@@ -218,25 +211,13 @@ class RemotePolicy:
 
 def example_observation(metadata: dict[str, Any]) -> dict[str, Any]:
     """A neutral observation with the policy's shapes (zeros, mid-grey images) for warm-up calls."""
-    obs: dict[str, Any] = {}
-    for feature, spec in metadata["features"].items():
-        if spec["dtype"] == "str":
-            obs[feature] = ""
-        else:
-            obs[feature] = np.full(spec["shape"], 128 if spec["dtype"] == "uint8" else 0, dtype=spec["dtype"])
-    return obs
+    return ObservationSpec.from_metadata(metadata).example(image_value=128)
 
 
 def check_observation(metadata: dict[str, Any], obs: dict[str, Any]) -> None:
-    """Refuse, with a clear message, an observation the policy was not trained on."""
-    for feature, shape in feature_shapes(metadata).items():
-        if feature not in obs:
-            raise ValueError(f"observation lacks {feature!r}; it has {sorted(obs)}")
-        got = tuple(np.shape(obs[feature]))
-        if got != tuple(shape):
-            raise ValueError(f"{feature} has shape {got}; the policy was trained on {tuple(shape)}")
-        if np.asarray(obs[feature]).dtype.kind == "f" and not np.all(np.isfinite(obs[feature])):
-            raise ValueError(f"{feature} contains NaN or inf")
+    """Refuse, with a clear message, an observation the policy was not trained on (one robot:
+    unbatched)."""
+    ObservationSpec.from_metadata(metadata).to_batch(obs, allow_batched=False)
 
 
 class LatencyLog:

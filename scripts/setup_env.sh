@@ -12,8 +12,48 @@ set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE_DIR="${VLA_CACHE_DIR:-$HOME/.cache/vla-stack}"
-mkdir -p "$CACHE_DIR"
 log() { echo "[setup] $*" >&2; }
+
+# ---------------------------------------------------------------- functions (tested alone)
+# Each environment is ~8 GB: keep $VENV and the most recent other one, drop older ones. With
+# no other environment grep selects nothing and exits 1; under pipefail that must not end the
+# script (it did, on every first run, right after the environment was built).
+remove_stale_environments() {
+    { ls -dt "$CACHE_DIR"/venv-* 2>/dev/null | grep -vx "$VENV" || true; } | tail -n +2 |
+        while read -r old; do
+            log "removing stale environment $old"
+            rm -rf "$old"
+        done
+}
+
+# The `export ...` lines callers eval: this checkout first on PYTHONPATH, the venv's bin on PATH,
+# rendering and Vulkan settings, offline hubs.
+print_exports() {
+    echo "export VIRTUAL_ENV='$VENV'"
+    echo "export VLA_REPO_ROOT='$REPO_ROOT'"
+    echo "export PYTHONPATH='$REPO_ROOT'\${PYTHONPATH:+:\$PYTHONPATH}"
+    echo "export PATH='$VENV/bin':\"\$PATH\""
+    echo "export AMENT_PREFIX_PATH='$VENV'"
+    echo "export MUJOCO_GL=\${MUJOCO_GL:-egl}"
+    echo "export PYOPENGL_PLATFORM=\${PYOPENGL_PLATFORM:-egl}"
+    echo "export HF_HUB_OFFLINE=\${HF_HUB_OFFLINE:-1}"
+    # Idle OpenMP workers sleep instead of spinning, so two torch processes on one machine slow
+    # down in proportion instead of collapsing (vla/threads.py; measured by vla bench threads).
+    echo "export OMP_WAIT_POLICY=\${OMP_WAIT_POLICY:-PASSIVE}"
+    echo "export VLA_OPENPI_CLIENT_PYTHON='$OPENPI/bin/python'"
+    echo "export VLA_LINT_BIN='$LINT/bin'"
+    if [ -f "$LVP_DIR/lvp_icd.json" ]; then
+        libdir="$(dirname "$(find "$LVP_DIR" -name 'libvulkan_lvp.so' | head -n1)")"
+        echo "export VK_ICD_FILENAMES='$LVP_DIR/lvp_icd.json'"
+        echo "export LD_LIBRARY_PATH='$libdir':\"\${LD_LIBRARY_PATH:-}\""
+    fi
+}
+
+# tests/test_setup.py sources this file with VLA_SETUP_FUNCTIONS_ONLY=1 to run the functions
+# above against a scratch cache directory, without installing anything.
+if [ "${VLA_SETUP_FUNCTIONS_ONLY:-0}" = 1 ]; then return 0 2>/dev/null || exit 0; fi
+
+mkdir -p "$CACHE_DIR"
 # One set-up at a time per cache (parallel CI jobs, test helpers): the others wait, then find
 # everything built. The lock is released when this script exits.
 exec 9>"$CACHE_DIR/.setup.lock"
@@ -115,16 +155,6 @@ print(hashlib.sha256(json.dumps(pins, sort_keys=True).encode()).hexdigest()[:12]
 EOF
 )"
 VENV="${VLA_VENV:-$CACHE_DIR/venv-$PIN_HASH}"
-# Each environment is ~8 GB: keep $VENV and the most recent other one, drop older ones. With
-# no other environment grep selects nothing and exits 1; under pipefail that must not end the
-# script (it did, on every first run, right after the environment was built).
-remove_stale_environments() {
-    { ls -dt "$CACHE_DIR"/venv-* 2>/dev/null | grep -vx "$VENV" || true; } | tail -n +2 |
-        while read -r old; do
-            log "removing stale environment $old"
-            rm -rf "$old"
-        done
-}
 if [ ! -f "$VENV/.complete" ]; then
     log "building the Python 3.12 environment in $VENV (several minutes, ~8 GB)"
     rm -rf "$VENV"
@@ -195,19 +225,21 @@ if [ "$(cat "$OPENPI/.pins" 2>/dev/null)" != "$OPENPI_PINS" ]; then
     echo "$OPENPI_PINS" >"$OPENPI/.pins"
 fi
 
-# ---------------------------------------------------------------- 6. environment for callers
-echo "export VIRTUAL_ENV='$VENV'"
-echo "export VLA_REPO_ROOT='$REPO_ROOT'"
-echo "export PYTHONPATH='$REPO_ROOT'\${PYTHONPATH:+:\$PYTHONPATH}"
-echo "export PATH='$VENV/bin':\"\$PATH\""
-echo "export AMENT_PREFIX_PATH='$VENV'"
-echo "export MUJOCO_GL=\${MUJOCO_GL:-egl}"
-echo "export PYOPENGL_PLATFORM=\${PYOPENGL_PLATFORM:-egl}"
-echo "export HF_HUB_OFFLINE=\${HF_HUB_OFFLINE:-1}"
-echo "export VLA_OPENPI_CLIENT_PYTHON='$OPENPI/bin/python'"
-if [ -f "$LVP_DIR/lvp_icd.json" ]; then
-    libdir="$(dirname "$(find "$LVP_DIR" -name 'libvulkan_lvp.so' | head -n1)")"
-    echo "export VK_ICD_FILENAMES='$LVP_DIR/lvp_icd.json'"
-    echo "export LD_LIBRARY_PATH='$libdir':\"\${LD_LIBRARY_PATH:-}\""
+# ---------------------------------------------------------------- 5c. lint venv
+# ruff (lint + format) and mypy for .ci/run (scripts/lint.sh), in their own small venv so that
+# bumping them never changes the main environment's pin hash (an 8 GB rebuild). mypy reads the
+# main venv's packages through --python-executable.
+LINT_PINS="ruff==0.17.6 mypy==2.4.1"
+LINT="$CACHE_DIR/lint-venv"
+if [ "$(cat "$LINT/.pins" 2>/dev/null)" != "$LINT_PINS" ]; then
+    log "building the lint environment in $LINT"
+    rm -rf "$LINT"
+    PYENV_VERSION=3.12.1 "$PY312" -m venv "$LINT"
+    read -r -a lint_pins <<<"$LINT_PINS"
+    "$LINT/bin/pip" install -q --progress-bar off "${lint_pins[@]}" >&2
+    echo "$LINT_PINS" >"$LINT/.pins"
 fi
+
+# ---------------------------------------------------------------- 6. environment for callers
+print_exports
 log "environment ready: $VENV"

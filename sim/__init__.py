@@ -7,6 +7,7 @@
 """
 
 from sim.core import EnvConfig, EnvSpec, SingleEnv
-from sim.registry import SUITES, list_envs, make_env
+from sim.make import make_env
+from sim.registry import SUITES, list_envs
 
 __all__ = ["SUITES", "EnvConfig", "EnvSpec", "SingleEnv", "list_envs", "make_env"]

@@ -27,6 +27,7 @@ import numpy as np
 
 from sim.core import EnvConfig, EnvSpec, EpisodeRunner, validate_actions
 from vla import keys
+from vla.threads import thread_budget
 
 
 def stack_observations(observations: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -189,8 +190,9 @@ class SubprocVectorEnv(VectorEnv):
         env = dict(os.environ)
         env["PYTHONPATH"] = repo_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         # one simulator per core: a worker's torch/OpenMP thread pool would only fight the others
-        env.setdefault("OMP_NUM_THREADS", "1")
-        env.setdefault("MKL_NUM_THREADS", "1")
+        # (the env_worker role's budget, vla/threads.py; VLA_THREADS_ENV_WORKER overrides it)
+        budget = str(thread_budget("env_worker"))
+        env.update(OMP_NUM_THREADS=budget, MKL_NUM_THREADS=budget)
         self.conns: list[Connection] = []
         self.procs: list[subprocess.Popen] = []
         for i, config in enumerate(configs):

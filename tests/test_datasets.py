@@ -211,3 +211,17 @@ def test_action_noise_needs_an_expert_that_servos(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="does not declare servoed_action_dims.*maniskill/PickCube-v1"):
         collect(CollectConfig(env="robomimic/Lift", episodes=1, out=tmp_path / "ds", action_noise=0.5))
     assert not (tmp_path / "ds").exists()
+
+
+def test_video_collection_prints_one_clean_progress_bar(tmp_path):
+    """FFmpeg's info lines ("[mp4 @ ...] Starting second pass") must not cut through the bar:
+    LeRobot hands libav back its default stderr logger after every episode it encodes."""
+    out = tmp_path / "lift_rgb"
+    result = subprocess.run(
+        [sys.executable, "-m", "vla.cli.main", "collect", "--env", "robomimic/Lift", "--episodes", "3",
+         "--num-envs", "1", "--obs-mode", "rgb", "--image-size", "32", "--out", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert dataset_info(out)["episodes"] == 3
+    noise = [line for line in result.stderr.splitlines() if re.search(r"\[(mp4|mov|h264|libx264|libsvtav1) @ ", line)]
+    assert not noise, noise[:5]

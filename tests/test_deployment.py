@@ -91,9 +91,16 @@ def test_gripper_switch_commands_only_on_crossings_with_hysteresis():
 def test_check_observation_refuses_wrong_shapes_missing_features_and_nan():
     meta = {"features": {"observation.state": {"shape": [16], "dtype": "float32"},
                          "observation.images.scene": {"shape": [84, 84, 3], "dtype": "uint8"},
-                         "task": {"shape": [], "dtype": "str"}}}
-    good = {"observation.state": np.zeros(16, np.float32), "observation.images.scene": np.zeros((84, 84, 3), np.uint8)}
+                         "task": {"shape": [], "dtype": "str"}},
+            "head": "meanflow", "chunk_size": 8, "action_dim": 7, "n_action_steps": 4, "inference_steps": 1,
+            "use_language": True}
+    good = {"observation.state": np.zeros(16, np.float32), "observation.images.scene": np.zeros((84, 84, 3), np.uint8),
+            "task": "lift the red cube off the table"}
     check_observation(meta, good)
+    with pytest.raises(ValueError, match="instruction"):
+        check_observation(meta, {k: v for k, v in good.items() if k != "task"})
+    with pytest.raises(ValueError, match=r"must have shape \(16,\)"):  # one robot: a batch is refused
+        check_observation(meta, {**good, "observation.state": np.zeros((2, 16), np.float32)})
     with pytest.raises(ValueError, match="trained on"):
         check_observation(meta, {**good, "observation.images.scene": np.zeros((480, 640, 3), np.uint8)})
     with pytest.raises(ValueError, match="lacks"):

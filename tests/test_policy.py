@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from vla.registry import UnknownNameError
 import torch
 
 from vla import keys
@@ -131,5 +133,5 @@ def test_bad_input_is_refused_clearly():
     nan_actions[keys.ACTION][0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="action batch contains NaN"):
         policy(nan_actions)
-    with pytest.raises(ValueError, match="unknown head"):
+    with pytest.raises(UnknownNameError, match="unknown action head .* Available: flow_matching, meanflow"):
         PolicyConfig(head="diffusion")

@@ -13,7 +13,7 @@ pytest.importorskip("libero.libero")
 
 from sim import libero  # noqa: E402
 from sim.core import EnvConfig  # noqa: E402
-from sim.registry import SUITES, make_env  # noqa: E402
+from sim import SUITES, make_env  # noqa: E402
 from vla import keys  # noqa: E402
 from vla.registry import UnknownNameError  # noqa: E402
 

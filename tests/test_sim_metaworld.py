@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("metaworld")
 
 from sim.core import EnvConfig  # noqa: E402
-from sim.registry import SUITES, make_env  # noqa: E402
+from sim import SUITES, make_env  # noqa: E402
 from vla import keys  # noqa: E402
 from vla.registry import UnknownNameError  # noqa: E402
 

@@ -43,5 +43,8 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int, min_size: int = 
     frames = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    imageio.mimwrite(path, list(frames), fps=fps, codec="libx264", quality=8, macro_block_size=1)
+    # ffmpeg at "error": its info lines ("[mp4 @ ...] Starting second pass") would cut through
+    # the progress bar of a long collection or evaluation.
+    imageio.mimwrite(path, list(frames), fps=fps, codec="libx264", quality=8, macro_block_size=1,
+                     ffmpeg_log_level="error")
     return path

@@ -83,7 +83,7 @@ FR3 = JointLimits(
     ddq_max=(10.0,) * 7,
     jerk_max=(5000.0,) * 7,
     home=HOME,
-)  # type: ignore[arg-type]
+)
 
 PANDA = JointLimits(
     robot="panda",
@@ -94,7 +94,7 @@ PANDA = JointLimits(
     ddq_max=(15.0, 7.5, 10.0, 12.5, 15.0, 20.0, 20.0),
     jerk_max=(7500.0, 3750.0, 5000.0, 6250.0, 7500.0, 10000.0, 10000.0),
     home=HOME,
-)  # type: ignore[arg-type]
+)
 
 ROBOTS: Registry[JointLimits] = Registry("robot")
 ROBOTS.add("fr3", FR3)

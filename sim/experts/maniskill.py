@@ -38,10 +38,6 @@ def _yaw(rot: Rotation) -> float:
     return float(np.arctan2(m[1, 0], m[0, 0]))
 
 
-def _wrap(angle: float) -> float:
-    return float((angle + np.pi) % (2 * np.pi) - np.pi)
-
-
 def _down_rotation(yaw: float) -> Rotation:
     """TCP pointing down, rotated by ``yaw`` about world z (its x axis at ``yaw``)."""
     return Rotation.from_rotvec([0.0, 0.0, yaw]) * Rotation.from_matrix(_DOWN)

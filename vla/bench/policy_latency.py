@@ -35,13 +35,15 @@ class BenchPolicyConfig:
 
 
 def example_observation(policy, seed: int = 0) -> dict:
-    """A batch-1 observation with the policy's shapes: dataset means for vectors, noise images."""
+    """A batch-1 observation with the policy's shapes (its ``ObservationSpec``): dataset means
+    for vectors, noise images, an instruction."""
     rng = np.random.default_rng(seed)
-    obs: dict = {keys.TASK: ["lift the red cube off the table"]}
+    obs = policy.observation_spec.example(batch_size=1, instruction="lift the red cube off the table")
+    obs[keys.TASK] = ["lift the red cube off the table"]
     for key in policy.config.vector_features:
         obs[key] = policy.stats[key]["mean"].numpy()[None].astype(np.float32)
     for key in policy.config.image_features:
-        obs[key] = rng.integers(0, 255, size=(1, *policy.config.feature_shapes[key]), dtype=np.uint8)
+        obs[key] = rng.integers(0, 255, size=obs[key].shape, dtype=np.uint8)
     return obs
 
 

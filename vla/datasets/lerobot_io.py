@@ -94,6 +94,23 @@ def _user_features(features: dict[str, dict]) -> dict[str, tuple]:
     }
 
 
+def silence_libav_info() -> None:
+    """Keep FFmpeg's info lines ("[mp4 @ ...] Starting second pass ...") out of a long job's
+    progress bar. LeRobot's video encoder hands logging back to libav's default stderr callback
+    after each episode, at libav's default level (info), so PyAV's Python-side level does not
+    hold; libav's own level (``av_log_set_level``) does, and errors still print."""
+    import ctypes
+
+    import av
+
+    libs = sorted((Path(av.__file__).resolve().parents[1] / "av.libs").glob("libavutil*.so*"))
+    if not libs:  # a PyAV built against system FFmpeg: find the libavutil this process loaded
+        with open("/proc/self/maps") as maps:
+            libs = sorted({Path(line.split()[-1]) for line in maps if "libavutil" in line})
+    if libs:
+        ctypes.CDLL(str(libs[0])).av_log_set_level(16)  # AV_LOG_ERROR
+
+
 class EpisodeWriter:
     """Create a LeRobot v3 dataset, or append to an existing one with the same features."""
 
@@ -107,6 +124,8 @@ class EpisodeWriter:
     ):
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
+        if use_videos:
+            silence_libav_info()
         self.root = Path(root)
         check_dataset_dir(self.root)
         repo_id = repo_id_for(self.root)

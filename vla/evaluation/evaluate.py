@@ -18,12 +18,14 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from vla import keys
+from vla.threads import set_thread_budget
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +33,19 @@ log = logging.getLogger(__name__)
 @dataclass
 class EvalConfig:
     policy: Path = field(default=Path("data/runs/train/checkpoints/last"), metadata={"help": "checkpoint directory"})
-    env: str = field(default="robomimic/Lift", metadata={"help": "<suite>/<task>"})
-    episodes: int = 50
-    num_envs: int = 2
+    env: str = field(default="robomimic/Lift", metadata={"help": "<suite>/<task>, a name `vla envs` lists (the suite registry sim.SUITES)"})
+    episodes: int = field(default=50, metadata={"help": "episodes to roll out"})
+    num_envs: int = field(default=2, metadata={"help": "parallel simulators"})
     seed: int = field(default=1000, metadata={"help": "episode seeds (different from data collection's)"})
     out: Path = field(default=Path("data/runs/eval"), metadata={"help": "output directory"})
     videos: int = field(default=4, metadata={"help": "episodes to record as MP4"})
-    max_episode_steps: int | None = None
+    max_episode_steps: int | None = field(default=None, metadata={"help": "episode step limit (None: the task's own horizon)"})
     n_action_steps: int | None = field(default=None, metadata={"help": "override the policy's executed steps"})
     num_inference_steps: int | None = field(default=None, metadata={"help": "override the policy's NFE"})
-    vectorization: str = "auto"
+    vectorization: Literal["auto", "sync", "subprocess", "gpu"] = field(default="auto", metadata={
+        "help": "sync (every env in this process), subprocess (one process per env), gpu (the suite's GPU-batched "
+                "simulator) or auto (gpu where the suite has one and CUDA is present; else sync for one env, "
+                "subprocess for more)"})
     env_options: tuple[str, ...] = field(default=(), metadata={
         "help": "suite options as key=value, e.g. controller=JOINT_TARGET for joint-position policies (RoboMimic)"})
 
@@ -65,6 +70,7 @@ def evaluate(config: EvalConfig) -> dict:
     from sim import make_env
     from vla.policies.checkpoint import load_policy
 
+    set_thread_budget("eval")  # its env workers are separate processes with their own budget
     policy = load_policy(config.policy)
     if config.num_inference_steps:
         policy.config.num_inference_steps = config.num_inference_steps

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from vla import keys
+from vla.policies.heads import ACTION_HEADS, ActionHead
 
-HEAD_NAMES = ("flow_matching", "meanflow")
-NORMALIZATIONS = ("mean_std", "min_max", "identity")
+Normalization = Literal["mean_std", "min_max", "identity"]
+NORMALIZATIONS: tuple[str, ...] = typing.get_args(Normalization)
 
 
 @dataclass
@@ -38,8 +40,10 @@ class PolicyConfig:
     image_tokens: int = field(default=9, metadata={"help": "tokens per camera (a square number)"})
     image_shift: int = field(default=4, metadata={"help": "random-shift augmentation in pixels (0: off)"})
     # ---- action head
-    head: str = field(default="meanflow", metadata={"help": "flow_matching (pi0) or meanflow (DM1)"})
-    num_inference_steps: int = field(default=0, metadata={"help": "NFE at inference; 0: 10 for flow_matching, 1 for meanflow"})
+    head: str = field(default="meanflow", metadata={
+        "help": f"action head, one of the registry vla.policies.heads.ACTION_HEADS ({', '.join(ACTION_HEADS.names())}): "
+                "flow_matching (pi0) or meanflow (DM1)"})
+    num_inference_steps: int = field(default=0, metadata={"help": "NFE at inference; 0: the head's default (10 flow_matching, 1 meanflow)"})
     flow_time_alpha: float = 1.5  # pi0: t ~ Beta(1.5, 1) * 0.999 + 0.001
     flow_time_beta: float = 1.0
     meanflow_ratio: float = field(default=0.5, metadata={"help": "share of samples with r = t (DM1/MP1: 0.5)"})
@@ -55,12 +59,11 @@ class PolicyConfig:
     dispersive_margin: float = 1.0
     dispersive_layers: tuple[int, ...] = field(default=(-1,), metadata={"help": "action-expert layers (index) to disperse"})
     # ---- normalization
-    state_normalization: str = "mean_std"
-    action_normalization: str = "min_max"
+    state_normalization: Normalization = field(default="mean_std", metadata={"help": "vector inputs: mean_std, min_max or identity"})
+    action_normalization: Normalization = field(default="min_max", metadata={"help": "actions: min_max (to [-1, 1]), mean_std or identity"})
 
     def __post_init__(self) -> None:
-        if self.head not in HEAD_NAMES:
-            raise ValueError(f"unknown head {self.head!r}; available: {', '.join(HEAD_NAMES)}")
+        ACTION_HEADS.get(self.head)  # an unknown name raises, listing the registered heads
         for name in (self.state_normalization, self.action_normalization):
             if name not in NORMALIZATIONS:
                 raise ValueError(f"unknown normalization {name!r}; available: {', '.join(NORMALIZATIONS)}")
@@ -72,9 +75,13 @@ class PolicyConfig:
         self.image_features = tuple(self.image_features)
         self.dispersive_layers = tuple(self.dispersive_layers)
 
+    def action_head(self) -> ActionHead:
+        """The head named by ``head``, built with this config's hyperparameters."""
+        return ACTION_HEADS.get(self.head)(self)
+
     @property
     def inference_steps(self) -> int:
-        return self.num_inference_steps or (10 if self.head == "flow_matching" else 1)
+        return self.num_inference_steps or self.action_head().default_inference_steps
 
     @property
     def image_size(self) -> tuple[int, int] | None:

@@ -23,16 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from vla import keys
-from vla.flow import (
-    DenoisingChain,
-    dispersive_loss,
-    euler_chain,
-    flow_matching_loss,
-    meanflow_loss,
-    meanflow_sample,
-    sample_flow_time,
-    sample_meanflow_times,
-)
+from vla.observation import ObservationSpec
+from vla.flow import DenoisingChain, dispersive_loss, euler_chain
 from vla.policies.config import PolicyConfig
 from vla.policies.language import EMBEDDING_DIM, InstructionEmbedder
 from vla.policies.networks import (
@@ -89,6 +81,7 @@ class FlowPolicy(nn.Module):
         )
         self.action_out = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, config.action_dim))
         nn.init.trunc_normal_(self.action_pos, std=0.02)
+        self.action_head = config.action_head()
         self._queue: deque[np.ndarray] = deque()
 
     # ------------------------------------------------------------------ inputs
@@ -97,48 +90,29 @@ class FlowPolicy(nn.Module):
             self.vector_norm[_mod(key)].set_stats(stats[key])
         self.action_norm.set_stats(stats[keys.ACTION])
 
-    def prepare_observation(self, obs: dict[str, Any]) -> dict[str, Any]:
-        """Validate and convert an observation batch (numpy or torch) to model inputs.
+    @property
+    def observation_spec(self) -> ObservationSpec:
+        """What this policy reads and returns (the contract the server and the robot use too)."""
+        return ObservationSpec.from_policy_config(self.config)
 
-        Wrong shapes, NaN/inf and images of another size are refused with a clear error.
-        """
+    def prepare_observation(self, obs: dict[str, Any]) -> dict[str, Any]:
+        """Validate a batched observation (numpy or torch; see ``ObservationSpec.check_batch``)
+        and convert it to model inputs. Wrong shapes and NaN/inf are refused with a clear error."""
+        batch = self.observation_spec.check_batch(obs)
         device = self.action_pos.device
-        out: dict[str, Any] = {}
-        batch = None
+        out: dict[str, Any] = {"batch_size": batch}
         for key in self.config.vector_features:
-            if key not in obs:
-                raise KeyError(f"observation lacks {key!r} (policy inputs: {self.config.vector_features})")
-            x = torch.as_tensor(np.asarray(obs[key]) if not torch.is_tensor(obs[key]) else obs[key]).float().to(device)
-            expected = self.config.feature_shapes[key][0]
-            if x.ndim != 2 or x.shape[1] != expected:
-                raise ValueError(f"{key} must have shape (B, {expected}), got {tuple(x.shape)}")
-            if not torch.isfinite(x).all():
-                raise ValueError(f"{key} contains NaN or inf")
-            out[key] = x
-            batch = x.shape[0]
+            x = obs[key]
+            out[key] = (x if torch.is_tensor(x) else torch.as_tensor(np.asarray(x))).float().to(device)
         for key in self.config.image_features:
-            if key not in obs:
-                raise KeyError(f"observation lacks {key!r} (policy inputs: {self.config.image_features})")
             image = obs[key]
-            image = torch.as_tensor(np.asarray(image)) if not torch.is_tensor(image) else image
-            height, width = self.config.feature_shapes[key][:2]
-            if image.ndim == 4 and image.shape[-1] == 3:  # (B, H, W, 3) uint8 from sims/datasets
-                image = image.permute(0, 3, 1, 2)
-            if image.ndim != 4 or tuple(image.shape[1:]) != (3, height, width):
-                raise ValueError(
-                    f"{key} must be (B, {height}, {width}, 3) uint8 or (B, 3, {height}, {width}); got {tuple(image.shape)}"
-                )
-            image = image.float().div(255.0) if image.dtype == torch.uint8 else image.float()
-            if not torch.isfinite(image).all():
-                raise ValueError(f"{key} contains NaN or inf")
-            out[key] = image.to(device)
-            batch = image.shape[0]
+            image = image if torch.is_tensor(image) else torch.as_tensor(np.asarray(image))
+            if image.shape[-1] == 3:
+                image = image.permute(0, 3, 1, 2)  # (B, H, W, 3) from sims/datasets
+            out[key] = (image.float().div(255.0) if image.dtype == torch.uint8 else image.float()).to(device)
         if self.config.use_language:
-            tasks = obs.get(keys.TASK)
-            if tasks is None:
-                raise KeyError("observation lacks 'task' (the instruction) and the policy uses language")
+            tasks = obs[keys.TASK]
             out[keys.TASK] = [tasks] * batch if isinstance(tasks, str) else list(tasks)
-        out["batch_size"] = batch
         return out
 
     # ------------------------------------------------------------------ network
@@ -170,17 +144,16 @@ class FlowPolicy(nn.Module):
         return self.action_out(h), hidden
 
     def _u_fn(self, prefix: Prefix, record: list | None = None):
-        """u(z, r, t) for the sampler. Flow matching's velocity is its own average velocity over
-        an Euler step, so it ignores r (it was trained with r = t)."""
-        flow_matching = self.config.head == "flow_matching"
+        """u(z, r, t) for the sampler, from the head; ``record`` collects the expert's last-layer
+        hidden state at the first action token of every call (the verifier feature)."""
 
-        def u(z: Tensor, r: Tensor, t: Tensor) -> Tensor:
-            out, hidden = self.expert(prefix, z, t if flow_matching else r, t)
+        def expert(z: Tensor, r: Tensor, t: Tensor) -> Tensor:
+            out, hidden = self.expert(prefix, z, r, t)
             if record is not None:
                 record.append(hidden[-1][:, 0])
             return out
 
-        return u
+        return self.action_head.average_velocity(expert)
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
@@ -190,19 +163,11 @@ class FlowPolicy(nn.Module):
         if not torch.isfinite(actions).all():
             raise ValueError("action batch contains NaN or inf")
         target = self.action_norm(actions)
-        b = target.shape[0]
         prefix = self.encode_observation(inputs, augment=self.training)
         noise = torch.randn(target.shape, generator=generator).to(target)
         cfg = self.config
-        if cfg.head == "flow_matching":
-            t = sample_flow_time(b, generator=generator, alpha=cfg.flow_time_alpha, beta=cfg.flow_time_beta).to(target)
-            r = t
-            per_sample = flow_matching_loss(lambda x, tt: self.expert(prefix, x, tt, tt)[0], target, noise, t)
-        else:
-            t, r = sample_meanflow_times(b, flow_ratio=cfg.meanflow_ratio, mu=cfg.meanflow_mu, sigma=cfg.meanflow_sigma,
-                                         generator=generator)
-            t, r = t.to(target), r.to(target)
-            per_sample, _ = meanflow_loss(self._u_fn(prefix), target, noise, t, r, adaptive_p=cfg.meanflow_adaptive_p)
+        head_loss = self.action_head.loss(lambda x, r, t: self.expert(prefix, x, r, t)[0], target, noise, generator)
+        per_sample, t, r = head_loss.per_sample, head_loss.t, head_loss.r
         loss = per_sample.mean()
         metrics = {"loss/action": float(loss.detach())}
         if cfg.dispersive_weight > 0:
@@ -229,8 +194,7 @@ class FlowPolicy(nn.Module):
         return noise
 
     def _sample_normalized(self, prefix: Prefix, noise: Tensor, record: list | None = None) -> Tensor:
-        clamp = self.config.meanflow_clamp if self.config.head == "meanflow" else None
-        return meanflow_sample(self._u_fn(prefix, record), noise, num_steps=self.config.inference_steps, clamp=clamp)
+        return self.action_head.sample(self._u_fn(prefix, record), noise, self.config.inference_steps)
 
     @torch.no_grad()
     def predict_action_chunk(self, obs: dict[str, Any], noise: Tensor | np.ndarray | None = None) -> Tensor:

@@ -33,13 +33,13 @@ from typing import Any
 
 import numpy as np
 
-from vla import keys
+from vla.observation import NOISE, ObservationError, ObservationSpec
+from vla.threads import set_thread_budget
 from vla.serving.wire import DEFAULT_MAX_MESSAGE_BYTES, WireError, pack, unpack
 
 log = logging.getLogger("vla.serving")
 
 PROTOCOL = "openpi-msgpack-numpy"
-NOISE, PROMPT = "noise", "prompt"
 
 
 def server_version() -> str:
@@ -61,6 +61,7 @@ class ServeConfig:
                                    metadata={"help": "larger requests get an error reply"})
     api_key: str | None = field(default=None, metadata={"help": "require header 'Authorization: Api-Key <key>'"})
     warmup: bool = field(default=True, metadata={"help": "run one inference before listening"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: the server role's budget, 1; see vla/threads.py)"})
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -81,18 +82,7 @@ def _message(err: BaseException) -> str:
 
 def policy_metadata(cfg) -> dict[str, Any]:
     """What a caller needs to feed a policy and run its chunks (the handshake; also used in-process)."""
-    features = {k: {"shape": [int(cfg.feature_shapes[k][0])], "dtype": "float32"} for k in cfg.vector_features}
-    features.update({k: {"shape": [int(n) for n in cfg.feature_shapes[k]], "dtype": "uint8"} for k in cfg.image_features})
-    if cfg.use_language:
-        features[keys.TASK] = {"shape": [], "dtype": "str"}
-    return {
-        "head": cfg.head, "action_dim": int(cfg.action_dim), "chunk_size": int(cfg.chunk_size),
-        "n_action_steps": int(cfg.n_action_steps), "inference_steps": int(cfg.inference_steps),
-        "use_language": bool(cfg.use_language), "features": features,
-        "actions": {"shape": [int(cfg.chunk_size), int(cfg.action_dim)], "dtype": "float32"},
-        "optional_inputs": {NOISE: {"shape": [int(cfg.chunk_size), int(cfg.action_dim)], "dtype": "float32"},
-                            PROMPT: {"shape": [], "dtype": "str", "alias_of": keys.TASK}},
-    }
+    return ObservationSpec.from_policy_config(cfg).metadata()
 
 
 class PolicyServer:
@@ -101,6 +91,7 @@ class PolicyServer:
     def __init__(self, config: ServeConfig):
         from vla.policies.checkpoint import load_policy
 
+        set_thread_budget("server", config.threads)
         self.config = config
         self.policy = load_policy(config.policy, device=config.device)
         self.policy_config = self.policy.config
@@ -125,58 +116,15 @@ class PolicyServer:
 
     def example_observation(self) -> dict[str, Any]:
         """An unbatched all-zeros observation of the right shapes (warm-up, smoke tests)."""
-        cfg = self.policy_config
-        obs: dict[str, Any] = {k: np.zeros(cfg.feature_shapes[k][0], np.float32) for k in cfg.vector_features}
-        obs.update({k: np.zeros(tuple(cfg.feature_shapes[k]), np.uint8) for k in cfg.image_features})
-        if cfg.use_language:
-            obs[keys.TASK] = "warm up"
-        return obs
+        return ObservationSpec.from_policy_config(self.policy_config).example(instruction="warm up")
 
     def _validated(self, obs: Any) -> tuple[dict[str, Any], np.ndarray | None, bool]:
         """(batched observation, noise or None, whether the request was batched)."""
         cfg = self.policy_config
-        if not isinstance(obs, dict):
-            raise RequestError(f"a request must be a map of observation features, got {type(obs).__name__}")
-        expected = [*cfg.vector_features, *cfg.image_features]
-        missing = [k for k in expected if k not in obs]
-        if missing:
-            raise RequestError(f"observation lacks {missing}; the policy reads {expected}")
-        arrays: dict[str, np.ndarray] = {}
-        batched_flags, batch_sizes = set(), set()
-        for key in expected:
-            value = obs[key]
-            if isinstance(value, (str, bytes, dict)) or value is None:
-                raise RequestError(f"{key} must be a numeric array, got {type(value).__name__}")
-            arr = np.asarray(value)
-            shape = tuple(cfg.feature_shapes[key]) if key in cfg.image_features else (int(cfg.feature_shapes[key][0]),)
-            if key in cfg.image_features:
-                if arr.dtype != np.uint8:
-                    raise RequestError(f"{key} must be uint8 (H, W, 3) = {shape}, got dtype {arr.dtype}")
-            elif arr.dtype.kind not in "fiu":
-                raise RequestError(f"{key} must be a float array of shape {shape}, got dtype {arr.dtype}")
-            if arr.shape == shape:
-                batched_flags.add(False)
-                arr = arr[None]
-            elif arr.ndim == len(shape) + 1 and arr.shape[1:] == shape and arr.shape[0] > 0:
-                batched_flags.add(True)
-            else:
-                batched_shape = "(B, " + ", ".join(map(str, shape)) + ")"
-                raise RequestError(f"{key} must have shape {shape} (or {batched_shape} batched), got {arr.shape}")
-            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-                raise RequestError(f"{key} contains NaN or inf")
-            arrays[key] = arr.astype(np.float32) if key in cfg.vector_features else arr
-            batch_sizes.add(arr.shape[0])
-        if len(batched_flags) > 1 or len(batch_sizes) > 1:
-            raise RequestError(f"features mix batched and unbatched arrays or batch sizes: "
-                               f"{ {k: a.shape for k, a in arrays.items()} }")
-        batched, b = batched_flags.pop(), batch_sizes.pop()
-        task = obs.get(keys.TASK, obs.get(PROMPT))
-        if cfg.use_language:
-            if isinstance(task, str):
-                task = [task] * b
-            if not isinstance(task, (list, tuple)) or len(task) != b or not all(isinstance(t, str) for t in task):
-                raise RequestError(f"'task' must be a str (or a list of {b} str when batched), got {task!r:.80}")
-            arrays[keys.TASK] = list(task)
+        try:
+            arrays, b, batched = ObservationSpec.from_policy_config(cfg).to_batch(obs)
+        except ObservationError as err:
+            raise RequestError(str(err)) from None
         noise = obs.get(NOISE)
         if noise is not None:
             noise_shape = (cfg.chunk_size, cfg.action_dim)

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from vla import keys
+from vla.threads import set_thread_budget
 from vla.datasets.chunks import ChunkSampler, FrameTable, load_frames
 from vla.policies.checkpoint import flatten_stats, save_policy, unflatten_stats
 from vla.policies.config import PolicyConfig
@@ -43,19 +44,20 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     dataset: Path = field(default=Path("data/datasets/robomimic_Lift"), metadata={"help": "LeRobot v3 dataset dir"})
     out: Path = field(default=Path("data/runs/train"), metadata={"help": "run directory"})
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig, metadata={
+        "help": "the policy (--policy.<field>); its feature shapes and action_dim are filled from the dataset"})
     steps: int = field(default=5000, metadata={"help": "optimizer steps"})
-    batch_size: int = 256
-    lr: float = 3e-4
-    weight_decay: float = 1e-6
-    warmup_steps: int = 200
-    grad_clip: float = 1.0
+    batch_size: int = field(default=256, metadata={"help": "action chunks per optimizer step"})
+    lr: float = field(default=3e-4, metadata={"help": "peak AdamW learning rate (linear warmup, then cosine decay to 0)"})
+    weight_decay: float = field(default=1e-6, metadata={"help": "AdamW weight decay"})
+    warmup_steps: int = field(default=200, metadata={"help": "steps of linear learning-rate warmup"})
+    grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm to this"})
     ema_decay: float = field(default=0.995, metadata={"help": "0 disables EMA"})
-    seed: int = 0
-    log_every: int = 50
+    seed: int = field(default=0, metadata={"help": "seed of the weights and the batch sampling"})
+    log_every: int = field(default=50, metadata={"help": "log losses and samples/s every N steps"})
     save_every: int = field(default=1000, metadata={"help": "checkpoint every N steps (and at the end)"})
     resume: bool = field(default=False, metadata={"help": "continue the run in --out"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: the trainer role's budget, every core; see vla/threads.py)"})
     wandb: bool = field(default=False, metadata={"help": "also log to Weights & Biases (needs wandb + network)"})
 
 
@@ -131,8 +133,7 @@ def _load_training_state(directory: Path, policy, optimizer, ema: EMA | None, ge
 def train(config: TrainConfig) -> Path:
     """Train and return the final checkpoint directory."""
     out = Path(config.out)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    set_thread_budget("trainer", config.threads)
     state_dir = out / "training_state"
     if out.exists() and any(out.iterdir()) and not config.resume:
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
@@ -170,6 +171,7 @@ def train(config: TrainConfig) -> Path:
     wandb_run = _start_wandb(config, out) if config.wandb else None
     bar = tqdm(total=config.steps, initial=step, desc=f"train {policy_config.head}", unit="step")
     window_start, window_samples = time.perf_counter(), 0
+    first_step, timed_from = step, None  # steady-state rate: from the 10th step of this process on
     checkpoint = None
     try:
         while step < config.steps:
@@ -184,6 +186,8 @@ def train(config: TrainConfig) -> Path:
             if ema is not None:
                 ema.update(policy)
             step += 1
+            if step - first_step == min(10, config.steps - first_step - 1):
+                timed_from = (step, time.perf_counter())
             window_samples += config.batch_size
             bar.update(1)
             if step % config.log_every == 0 or step == config.steps:
@@ -205,6 +209,12 @@ def train(config: TrainConfig) -> Path:
     finally:
         bar.close()
         writer.close()
+    if timed_from is not None and step > timed_from[0]:
+        rate = (step - timed_from[0]) / (time.perf_counter() - timed_from[1])
+        summary = {"steps": step, "steps_per_s": rate, "samples_per_s": rate * config.batch_size,
+                   "threads": torch.get_num_threads()}
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        log.info("%.1f steps/s (%.0f samples/s) on %d threads", rate, rate * config.batch_size, torch.get_num_threads())
     return checkpoint if checkpoint is not None else out / "checkpoints" / "last"
 
 
