@@ -235,6 +235,10 @@ class LatencyLog:
         for stage, values in self.samples.items():
             if values:
                 v = np.asarray(values)
-                out[stage] = {"p50": float(np.percentile(v, 50)), "p99": float(np.percentile(v, 99)),
-                              "mean": float(v.mean()), "n": int(len(v))}
+                out[stage] = {
+                    "p50": float(np.percentile(v, 50)),
+                    "p99": float(np.percentile(v, 99)),
+                    "mean": float(v.mean()),
+                    "n": int(len(v)),
+                }
         return out

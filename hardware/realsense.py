@@ -167,8 +167,13 @@ def _sizes(pairs) -> list[tuple[int, int, int]]:
 def _intrinsics(profile) -> CameraIntrinsics:
     i = profile.as_video_stream_profile().get_intrinsics()
     return CameraIntrinsics(
-        width=int(i.width), height=int(i.height), fx=float(i.fx), fy=float(i.fy),
-        ppx=float(i.ppx), ppy=float(i.ppy), model=str(i.model).split(".")[-1],
+        width=int(i.width),
+        height=int(i.height),
+        fx=float(i.fx),
+        fy=float(i.fy),
+        ppx=float(i.ppx),
+        ppy=float(i.ppy),
+        model=str(i.model).split(".")[-1],
         coeffs=tuple(float(c) for c in i.coeffs),
     )
 
@@ -438,13 +443,15 @@ class SoftwareRealSense:
         self.device.register_info(rs.camera_info.firmware_version, "software")
         # A D400-like field of view (~69 deg horizontal); color uses inverse Brown-Conrady as D400 color does.
         self._color_sensor = self.device.add_sensor("RGB Camera")
-        self._color_profile = self._add_stream(rs, self._color_sensor, rs.stream.color, rs.format.rgb8, 3, uid=0,
-                                               model=rs.distortion.inverse_brown_conrady)
+        self._color_profile = self._add_stream(
+            rs, self._color_sensor, rs.stream.color, rs.format.rgb8, 3, uid=0, model=rs.distortion.inverse_brown_conrady
+        )
         self._depth_sensor = self._depth_profile = None
         if enable_depth:
             self._depth_sensor = self.device.add_sensor("Stereo Module")
-            self._depth_profile = self._add_stream(rs, self._depth_sensor, rs.stream.depth, rs.format.z16, 2, uid=1,
-                                                   model=rs.distortion.brown_conrady)
+            self._depth_profile = self._add_stream(
+                rs, self._depth_sensor, rs.stream.depth, rs.format.z16, 2, uid=1, model=rs.distortion.brown_conrady
+            )
             self._depth_sensor.add_read_only_option(rs.option.depth_units, self.depth_units)
             identity = rs.extrinsics()
             identity.rotation = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]

@@ -53,19 +53,35 @@ Fk = Callable[[np.ndarray], np.ndarray]
 class SafetyConfig:
     """Limits the safety layer enforces on top of the robot's own joint limits."""
 
-    robot: str = field(default="fr3", metadata={"help": "fr3 or panda (joint limits table)"})
-    velocity_scale: float = field(default=0.5, metadata={"help": "fraction of dq_max allowed"})
-    accel_scale: float = field(default=0.5, metadata={"help": "fraction of ddq_max allowed"})
-    max_step_rad: float = field(default=0.05, metadata={"help": "max joint change between trajectory points"})
-    workspace_min: tuple[float, float, float] = (0.2, -0.6, 0.02)
-    workspace_max: tuple[float, float, float] = (0.85, 0.6, 0.9)
-    joint_margin_rad: float = field(default=0.05, metadata={"help": "distance kept from q_min/q_max"})
-    stale_joint_state_s: float = 0.1
-    stale_image_s: float = 0.25
-    smooth_start_s: float = field(default=2.0, metadata={"help": "blend from the measured pose after enable"})
-    control_dt: float = 0.05
+    robot: str = field(
+        default="fr3",
+        metadata={"help": "joint-limit table, a name in the registry hardware.franka.limits.ROBOTS (fr3, panda)"},
+    )
+    velocity_scale: float = field(default=0.5, metadata={"help": "fraction of dq_max allowed, in (0, 1]"})
+    accel_scale: float = field(default=0.5, metadata={"help": "fraction of ddq_max allowed, in (0, 1]"})
+    max_step_rad: float = field(default=0.05, metadata={"help": "max joint change between trajectory points (rad)"})
+    workspace_min: tuple[float, float, float] = field(
+        default=(0.2, -0.6, 0.02),
+        metadata={"help": "lower xyz corner of the box the end effector must stay in (robot base frame, m)"},
+    )
+    workspace_max: tuple[float, float, float] = field(
+        default=(0.85, 0.6, 0.9), metadata={"help": "upper xyz corner of the end-effector box (robot base frame, m)"}
+    )
+    joint_margin_rad: float = field(default=0.05, metadata={"help": "distance kept from q_min/q_max (rad)"})
+    stale_joint_state_s: float = field(
+        default=0.1,
+        metadata={"help": "a joint state older than this while enabled holds the arm, latched until reset (s)"},
+    )
+    stale_image_s: float = field(
+        default=0.25,
+        metadata={
+            "help": "an image of a watched camera older than this while enabled holds the arm, latched until reset (s)"
+        },
+    )
+    smooth_start_s: float = field(default=2.0, metadata={"help": "blend from the measured pose after enable (s)"})
+    control_dt: float = field(default=0.05, metadata={"help": "the policy's control period (s)"})
     cameras: tuple[str, ...] = field(default=(), metadata={"help": "camera names the watchdog requires fresh"})
-    max_events: int = 256
+    max_events: int = field(default=256, metadata={"help": "safety events kept for inspection (oldest dropped)"})
 
     def __post_init__(self) -> None:
         limits = ROBOTS.get(self.robot)  # unknown robot -> error listing fr3, panda

@@ -20,12 +20,13 @@ franka_fr3_moveit_config): the policy sends JointTrajectory goals that the contr
 import os
 import tempfile
 
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, LogInfo, OpaqueFunction
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PARAMS_DIR = os.path.join(HERE, "params")
@@ -65,8 +66,9 @@ def controllers_config(arm_id):
                     "joints": joints,
                     "interpolation_method": "splines",
                     "allow_partial_joints_goal": False,
-                    "gains": {j: {"p": p, "d": d, "i": 0.0, "i_clamp": 1.0}
-                              for j, p, d in zip(joints, p_gains, d_gains)},
+                    "gains": {
+                        j: {"p": p, "d": d, "i": 0.0, "i_clamp": 1.0} for j, p, d in zip(joints, p_gains, d_gains)
+                    },
                 }
             },
         }
@@ -85,8 +87,10 @@ def _write_controllers_yaml(arm_id):
 def _policy_source(checkpoint, server_host, server_port):
     """Policy node parameters for a local checkpoint or a policy server (neither: the params file's)."""
     if checkpoint and server_host:
-        raise RuntimeError("give one of policy_checkpoint:=<dir> (model on this PC) or "
-                           "server_host:=<host> (model behind `vla serve`), not both")
+        raise RuntimeError(
+            "give one of policy_checkpoint:=<dir> (model on this PC) or "
+            "server_host:=<host> (model behind `vla serve`), not both"
+        )
     if checkpoint:
         return {"checkpoint": checkpoint, "server_host": ""}
     if server_host:
@@ -103,7 +107,8 @@ def launch_setup(context):
 
     franka = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(
-            PathJoinSubstitution([FindPackageShare("franka_bringup"), "launch", "franka.launch.py"])),
+            PathJoinSubstitution([FindPackageShare("franka_bringup"), "launch", "franka.launch.py"])
+        ),
         launch_arguments={
             "robot_type": arm_id,
             "robot_ip": arg["robot_ip"],
@@ -115,15 +120,18 @@ def launch_setup(context):
         }.items(),
     )
     arm_controller = Node(
-        package="controller_manager", executable="spawner",
-        arguments=[controller, "--controller-manager-timeout", "60"], output="screen",
+        package="controller_manager",
+        executable="spawner",
+        arguments=[controller, "--controller-manager-timeout", "60"],
+        output="screen",
     )
 
     def camera(camera_name, serial):
         # Topics /<name>/<name>/color/image_raw, the names the policy node subscribes to.
         return IncludeLaunchDescription(
             PythonLaunchDescriptionSource(
-                PathJoinSubstitution([FindPackageShare("realsense2_camera"), "launch", "rs_launch.py"])),
+                PathJoinSubstitution([FindPackageShare("realsense2_camera"), "launch", "rs_launch.py"])
+            ),
             launch_arguments={
                 "camera_name": camera_name,
                 "camera_namespace": camera_name,
@@ -136,15 +144,29 @@ def launch_setup(context):
         )
 
     policy = Node(
-        package="vla_ros", executable="policy_node", name="vla_policy", output="screen",
-        parameters=[arg["params_file"], {**policy_overrides, "arm_id": arm_id, "controller": controller,
-                                         "robot": "fr3" if arm_id == "fr3" else "panda"}],
+        package="vla_ros",
+        executable="policy_node",
+        name="vla_policy",
+        output="screen",
+        parameters=[
+            arg["params_file"],
+            {
+                **policy_overrides,
+                "arm_id": arm_id,
+                "controller": controller,
+                "robot": "fr3" if arm_id == "fr3" else "panda",
+            },
+        ],
     )
 
     actions = [
-        LogInfo(msg=f"{arm_id} at {arg['robot_ip']}, controller {controller} ({controllers_yaml}); policy: "
-                    + (arg["policy_checkpoint"] or arg["server_host"] or f"as set in {arg['params_file']}")),
-        franka, arm_controller, camera("camera", arg["scene_camera_serial"]),
+        LogInfo(
+            msg=f"{arm_id} at {arg['robot_ip']}, controller {controller} ({controllers_yaml}); policy: "
+            + (arg["policy_checkpoint"] or arg["server_host"] or f"as set in {arg['params_file']}")
+        ),
+        franka,
+        arm_controller,
+        camera("camera", arg["scene_camera_serial"]),
     ]
     if arg["enable_wrist_camera"].lower() == "true":
         actions.append(camera("wrist_camera", arg["wrist_camera_serial"]))
@@ -154,11 +176,22 @@ def launch_setup(context):
         if arg["record_dir"]:
             recorder_params.append({"output_dir": arg["record_dir"]})
         if controller != "fr3_arm_controller":
-            recorder_params.append({"topics": [
-                "/camera/camera/color/image_raw", "/wrist_camera/wrist_camera/color/image_raw", "/joint_states",
-                f"/{controller}/joint_trajectory", "/task_instruction", "/diagnostics", "/vla/policy_events"]})
-        actions.append(Node(package="vla_ros", executable="recorder", name="recorder", output="screen",
-                            parameters=recorder_params))
+            recorder_params.append(
+                {
+                    "topics": [
+                        "/camera/camera/color/image_raw",
+                        "/wrist_camera/wrist_camera/color/image_raw",
+                        "/joint_states",
+                        f"/{controller}/joint_trajectory",
+                        "/task_instruction",
+                        "/diagnostics",
+                        "/vla/policy_events",
+                    ]
+                }
+            )
+        actions.append(
+            Node(package="vla_ros", executable="recorder", name="recorder", output="screen", parameters=recorder_params)
+        )
     return actions
 
 
@@ -188,8 +221,9 @@ def generate_launch_description():
         if default is None:
             declared.append(DeclareLaunchArgument(name, description=description))
         elif name == "arm_id":
-            declared.append(DeclareLaunchArgument(name, default_value=default, description=description,
-                                                  choices=["fr3", "fer"]))
+            declared.append(
+                DeclareLaunchArgument(name, default_value=default, description=description, choices=["fr3", "fer"])
+            )
         else:
             declared.append(DeclareLaunchArgument(name, default_value=default, description=description))
     return LaunchDescription(declared + [OpaqueFunction(function=launch_setup)])

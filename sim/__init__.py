@@ -1,9 +1,9 @@
 """Simulation layer: one registry over ManiSkill 3, RoboMimic (robosuite), LIBERO and Meta-World.
 
-    from sim import make_env
-    env = make_env("robomimic/Lift", num_envs=4, obs_mode="rgb", image_size=84, seed=0)
-    obs = env.reset()
-    obs, reward, terminated, truncated, info = env.step(actions)  # (B, A) or (B, H, A)
+from sim import make_env
+env = make_env("robomimic/Lift", num_envs=4, obs_mode="rgb", image_size=84, seed=0)
+obs = env.reset()
+obs, reward, terminated, truncated, info = env.step(actions)  # (B, A) or (B, H, A)
 """
 
 from sim.core import EnvConfig, EnvSpec, SingleEnv

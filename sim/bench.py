@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -26,11 +27,11 @@ class BenchSimConfig:
     envs: tuple[str, ...] = field(default=DEFAULT_BENCH_ENVS, metadata={"help": "envs to measure"})
     steps: int = field(default=100, metadata={"help": "steps per episode (each applied raw, then wrapped)"})
     rounds: int = field(default=10, metadata={"help": "episodes"})
-    obs_mode: str = field(default="state", metadata={"help": "state or rgb"})
-    image_size: int = 84
+    obs_mode: Literal["state", "rgb"] = field(default="state", metadata={"help": "state or rgb"})
+    image_size: int = field(default=84, metadata={"help": "camera images are image_size x image_size (rgb)"})
     max_workers: int = field(default=0, metadata={"help": "subprocess scaling up to this many workers (0: cores)"})
     scaling_steps: int = field(default=200, metadata={"help": "batched steps per scaling measurement"})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "base seed: episode k of env i is seeded from (seed, i, k)"})
     out: str | None = field(default=None, metadata={"help": "write the table as JSON here"})
 
 
@@ -50,8 +51,16 @@ def measure_raw_vs_wrapper(name: str, config: BenchSimConfig) -> dict:
     """
     from sim import make_env
 
-    env = make_env(name, num_envs=1, obs_mode=config.obs_mode, image_size=config.image_size, seed=config.seed,
-                   vectorization="sync", terminate_on_success=False, max_episode_steps=2 * config.steps + 1)
+    env = make_env(
+        name,
+        num_envs=1,
+        obs_mode=config.obs_mode,
+        image_size=config.image_size,
+        seed=config.seed,
+        vectorization="sync",
+        terminate_on_success=False,
+        max_episode_steps=2 * config.steps + 1,
+    )
     single = env.workers[0].runner.env
     actions = _random_actions(env.spec, config.steps, config.seed)
     raw_time = wrapped_time = 0.0
@@ -81,8 +90,16 @@ def measure_scaling(name: str, config: BenchSimConfig, workers: list[int]) -> di
 
     rates = {}
     for n in workers:
-        env = make_env(name, num_envs=n, obs_mode=config.obs_mode, image_size=config.image_size, seed=config.seed,
-                       vectorization="subprocess", terminate_on_success=False, max_episode_steps=100)
+        env = make_env(
+            name,
+            num_envs=n,
+            obs_mode=config.obs_mode,
+            image_size=config.image_size,
+            seed=config.seed,
+            vectorization="subprocess",
+            terminate_on_success=False,
+            max_episode_steps=100,
+        )
         actions = _random_actions(env.spec, config.scaling_steps * n, config.seed).reshape(config.scaling_steps, n, -1)
         env.reset()
         for a in actions[:5]:  # warm-up
@@ -99,9 +116,11 @@ def run_bench_sim(config: BenchSimConfig) -> list[dict]:
     max_workers = config.max_workers or os.cpu_count() or 1
     workers = sorted({1, *range(2, max_workers + 1)})
     rows = []
-    print(f"raw vs wrapper: {config.rounds} episodes x {config.steps} steps, each step applied raw then wrapped "
-          f"on the same simulator, obs_mode={config.obs_mode}; "
-          f"subprocess columns: total env steps/s with N workers ({os.cpu_count()} cores)")
+    print(
+        f"raw vs wrapper: {config.rounds} episodes x {config.steps} steps, each step applied raw then wrapped "
+        f"on the same simulator, obs_mode={config.obs_mode}; "
+        f"subprocess columns: total env steps/s with N workers ({os.cpu_count()} cores)"
+    )
     print(table_header(workers), flush=True)
     for name in config.envs:
         row = measure_raw_vs_wrapper(name, config)
@@ -141,7 +160,7 @@ class BenchExpertsConfig:
     envs: tuple[str, ...] = field(default=DEFAULT_EXPERT_ENVS, metadata={"help": "envs whose experts to measure"})
     episodes: int = field(default=50, metadata={"help": "episodes per env"})
     num_envs: int = field(default=2, metadata={"help": "parallel simulators"})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "base seed: episode k of env i is seeded from (seed, i, k)"})
     out: str | None = field(default=None, metadata={"help": "write the table as JSON here"})
 
 
@@ -178,6 +197,9 @@ def run_bench_experts(config: BenchExpertsConfig) -> list[dict]:
     for name in config.envs:
         row = measure_expert(name, config.episodes, config.num_envs, config.seed)
         rows.append(row)
-        print(f"| {name} | {row['successes']}/{row['episodes']} | {100 * row['success_rate']:.0f}% | "
-              f"{row['mean_length']:.1f} | {row['seconds']:.0f} |", flush=True)
+        print(
+            f"| {name} | {row['successes']}/{row['episodes']} | {100 * row['success_rate']:.0f}% | "
+            f"{row['mean_length']:.1f} | {row['seconds']:.0f} |",
+            flush=True,
+        )
     return rows

@@ -12,7 +12,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from tqdm import tqdm
@@ -30,22 +30,32 @@ class CollectConfig:
     episodes: int = field(default=50, metadata={"help": "episodes to add to the dataset"})
     out: Path | None = field(default=None, metadata={"help": "dataset directory; default data/datasets/<suite>_<task>"})
     num_envs: int = field(default=2, metadata={"help": "parallel simulators (subprocesses)"})
-    obs_mode: str = field(default="rgb", metadata={"help": "rgb (cameras + state) or state"})
+    obs_mode: Literal["rgb", "state"] = field(default="rgb", metadata={"help": "rgb (cameras + state) or state"})
     image_size: int = field(default=84, metadata={"help": "camera images are image_size x image_size"})
     cameras: tuple[str, ...] | None = field(default=None, metadata={"help": "camera roles; default: all of the task's"})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "base seed: episode k of env i is seeded from (seed, i, k)"})
     keep_failures: bool = field(default=False, metadata={"help": "also keep episodes the expert failed"})
     max_attempts: int | None = field(default=None, metadata={"help": "give up after this many episodes"})
     video: bool = field(default=True, metadata={"help": "images as MP4 (LeRobot default) or PNG frames (lossless)"})
     max_episode_steps: int | None = field(default=None, metadata={"help": "default: the task's own horizon"})
-    vectorization: str = field(default="auto", metadata={"help": "auto, sync, subprocess or gpu"})
-    action_label: str = field(default="command", metadata={
-        "help": "command (what the expert sent the controller) or joint_target (the arm's joint positions after "
-                "each step + the gripper command: data for joint-position policies, RoboMimic tasks)"})
-    action_noise: float = field(default=0.0, metadata={
-        "help": "DART noise injection: std of Gaussian noise added to the executed action on the dims the expert "
-                "servos in closed loop (end-effector position); the dataset keeps the expert's clean action, so it "
-                "shows corrections back from perturbed states (0: off)"})
+    vectorization: Literal["auto", "sync", "subprocess", "gpu"] = field(
+        default="auto", metadata={"help": "auto, sync, subprocess or gpu (see make_env)"}
+    )
+    action_label: str = field(
+        default="command",
+        metadata={
+            "help": "command (what the expert sent the controller) or joint_target (the arm's joint positions after "
+            "each step + the gripper command: data for joint-position policies, RoboMimic tasks)"
+        },
+    )
+    action_noise: float = field(
+        default=0.0,
+        metadata={
+            "help": "DART noise injection: std of Gaussian noise added to the executed action on the dims the expert "
+            "servos in closed loop (end-effector position); the dataset keeps the expert's clean action, so it "
+            "shows corrections back from perturbed states (0: off)"
+        },
+    )
 
     def output_dir(self) -> Path:
         return Path(self.out) if self.out else Path("data/datasets") / self.env.replace("/", "_")
@@ -71,14 +81,18 @@ def _noise_dims(config: CollectConfig, expert) -> list[int]:
     if config.action_noise == 0:
         return []
     if config.action_label != "command":
-        raise ValueError("action_noise needs action_label command: a joint_target label records where the "
-                         "perturbed arm went, not the expert's correction")
+        raise ValueError(
+            "action_noise needs action_label command: a joint_target label records where the "
+            "perturbed arm went, not the expert's correction"
+        )
     from sim.experts import noise_capable_experts
 
     dims = list(getattr(expert, "servoed_action_dims", ()))
     if not dims:
-        raise ValueError(f"the {config.env} expert does not declare servoed_action_dims, so it may not correct "
-                         f"noise on any action dim; action_noise works with: {', '.join(noise_capable_experts())}")
+        raise ValueError(
+            f"the {config.env} expert does not declare servoed_action_dims, so it may not correct "
+            f"noise on any action dim; action_noise works with: {', '.join(noise_capable_experts())}"
+        )
     return dims
 
 
@@ -147,7 +161,6 @@ class _TerminateAsInterrupt:
 
 def collect(config: CollectConfig) -> CollectResult:
     from sim import make_env
-
     from sim.experts import make_expert
     from sim.registry import split_name
 
@@ -158,8 +171,10 @@ def collect(config: CollectConfig) -> CollectResult:
     label_action = ACTION_LABELS.get(config.action_label)
     noise_dims = _noise_dims(config, expert)
     if config.action_label == "joint_target" and suite.name != "robomimic":
-        raise ValueError(f"action_label joint_target needs a RoboMimic task (its state starts with the joint "
-                         f"positions), got {config.env}")
+        raise ValueError(
+            f"action_label joint_target needs a RoboMimic task (its state starts with the joint "
+            f"positions), got {config.env}"
+        )
     result = CollectResult(out=out)
     started = time.perf_counter()
     max_attempts = config.max_attempts or max(4 * config.episodes, config.episodes + 20)
@@ -188,7 +203,9 @@ def collect(config: CollectConfig) -> CollectResult:
             bar = tqdm(total=config.episodes, desc=f"collect {config.env}", unit="ep")
             while result.written < config.episodes and result.attempted < max_attempts:
                 actions = env.expert_actions()
-                next_obs, reward, terminated, truncated, info = env.step(actions if perturb is None else perturb(actions))
+                next_obs, reward, terminated, truncated, info = env.step(
+                    actions if perturb is None else perturb(actions)
+                )
                 for i in range(env.num_envs):
                     done = bool(terminated[i] or truncated[i])
                     after = info["final_observation"][i] if done else {k: v[i] for k, v in next_obs.items()}
@@ -214,7 +231,10 @@ def collect(config: CollectConfig) -> CollectResult:
             if result.written < config.episodes:
                 log.warning(
                     "stopped after %d attempts with %d/%d episodes (expert success %.0f%%)",
-                    result.attempted, result.written, config.episodes, 100 * result.success_rate,
+                    result.attempted,
+                    result.written,
+                    config.episodes,
+                    100 * result.success_rate,
                 )
         except KeyboardInterrupt:
             result.interrupted = True
@@ -225,4 +245,3 @@ def collect(config: CollectConfig) -> CollectResult:
             env.close()
     result.seconds = time.perf_counter() - started
     return result
-

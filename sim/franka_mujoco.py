@@ -103,7 +103,9 @@ class SimulatedFranka:
 
         suite, task = split_name(config.task)
         if suite.name != "robomimic":
-            raise ValueError(f"the simulated Franka runs RoboMimic Panda tasks (e.g. robomimic/Lift), got {config.task!r}")
+            raise ValueError(
+                f"the simulated Franka runs RoboMimic Panda tasks (e.g. robomimic/Lift), got {config.task!r}"
+            )
         self.config = config
         self.env = RobomimicEnv(
             EnvConfig(
@@ -111,8 +113,12 @@ class SimulatedFranka:
                 obs_mode="state",  # cameras are rendered on demand at the camera rate
                 image_size=(config.image_size, config.image_size),
                 seed=config.seed,
-                options={"controller": "JOINT_TARGET", "control_freq": config.control_hz,
-                         "joint_kp": config.joint_kp, "max_joint_step": config.max_joint_step_rad},
+                options={
+                    "controller": "JOINT_TARGET",
+                    "control_freq": config.control_hz,
+                    "joint_kp": config.joint_kp,
+                    "max_joint_step": config.max_joint_step_rad,
+                },
             )
         )
         if self.env.spec.robot != "panda":

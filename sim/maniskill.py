@@ -226,9 +226,7 @@ class ManiSkillEnv(SingleEnv):
     def _observation(self, obs) -> dict[str, Any]:
         if self._rgb:
             vec = obs["state"][0].numpy()
-            images = {
-                role: obs["sensor_data"][self._sensor_uids[role]]["rgb"][0].numpy() for role in self._cameras
-            }
+            images = {role: obs["sensor_data"][self._sensor_uids[role]]["rgb"][0].numpy() for role in self._cameras}
         else:
             vec, images = obs[0].numpy(), None
         return {

@@ -140,9 +140,7 @@ class MetaWorldEnv(SingleEnv):
         self._env.max_path_length = max(self._env.max_path_length, max_steps)
 
         model = self._env.model
-        self._model_cameras = tuple(
-            mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(model.ncam)
-        )
+        self._model_cameras = tuple(mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(model.ncam))
         scene = options.get("scene_camera", DEFAULT_SCENE_CAMERA)
         if scene not in self._model_cameras:
             raise ValueError(f"unknown Meta-World camera {scene!r}; available: {', '.join(self._model_cameras)}")

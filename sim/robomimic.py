@@ -181,8 +181,11 @@ class RobomimicEnv(SingleEnv):
         self._env = robosuite.make(
             self.task.env_name,
             robots=robots if len(robots) > 1 else robots[0],
-            controller_configs=_controller_config(v15, controller, float(config.options.get(
-                "joint_kp", JOINT_TARGET_KP if controller == "JOINT_TARGET" else 150.0))),
+            controller_configs=_controller_config(
+                v15,
+                controller,
+                float(config.options.get("joint_kp", JOINT_TARGET_KP if controller == "JOINT_TARGET" else 150.0)),
+            ),
             has_renderer=False,
             has_offscreen_renderer=True,  # render() works in every obs mode (videos)
             use_camera_obs=bool(sim_cameras),

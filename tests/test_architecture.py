@@ -23,8 +23,19 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("vla", "sim", "hardware")
 APP_LAYER = ("vla.cli", "vla.evaluation", "vla.bench")
-ROS = ("rclpy", "rosbags", "sensor_msgs", "std_msgs", "trajectory_msgs", "diagnostic_msgs", "control_msgs",
-       "franka_msgs", "vla_ros", "launch", "launch_ros")
+ROS = (
+    "rclpy",
+    "rosbags",
+    "sensor_msgs",
+    "std_msgs",
+    "trajectory_msgs",
+    "diagnostic_msgs",
+    "control_msgs",
+    "franka_msgs",
+    "vla_ros",
+    "launch",
+    "launch_ros",
+)
 VENDOR_SDKS = ("mani_skill", "sapien", "robosuite", "metaworld", "libero", "mujoco", "pyrealsense2")
 CORE_FORBIDDEN = ("sim", "hardware", *ROS, *VENDOR_SDKS, *APP_LAYER)
 
@@ -105,7 +116,7 @@ def internal_cycles(root: Path = REPO, packages: tuple[str, ...] = PACKAGES) -> 
         stack.append(node)
         for dep in sorted(graph[node]):
             if state.get(dep) == "open":
-                cycles.append(stack[stack.index(dep):] + [dep])
+                cycles.append(stack[stack.index(dep) :] + [dep])
             elif dep not in state:
                 visit(dep, stack)
         stack.pop()
@@ -119,8 +130,12 @@ def internal_cycles(root: Path = REPO, packages: tuple[str, ...] = PACKAGES) -> 
 
 def test_every_core_directory_is_a_package():
     """A directory without __init__.py is invisible to pkgutil walks (vla/datasets was)."""
-    missing = [str(d.relative_to(REPO)) for pkg in PACKAGES for d in (REPO / pkg).rglob("*")
-               if d.is_dir() and d.name != "__pycache__" and any(d.glob("*.py")) and not (d / "__init__.py").exists()]
+    missing = [
+        str(d.relative_to(REPO))
+        for pkg in PACKAGES
+        for d in (REPO / pkg).rglob("*")
+        if d.is_dir() and d.name != "__pycache__" and any(d.glob("*.py")) and not (d / "__init__.py").exists()
+    ]
     assert not missing, f"directories with modules but no __init__.py: {missing}"
 
 
@@ -134,14 +149,17 @@ def test_no_import_cycles_between_our_modules():
     assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
 
 
-@pytest.mark.parametrize("body", [
-    "from sim import make_env\n",
-    "def f():\n    import sim.registry\n",
-    "class A:\n    def m(self):\n        from hardware.safety import SafetyLayer\n",
-    "def f():\n    from ..cli import main\n",
-    "if True:\n    import rclpy\n",
-    "def f():\n    import mani_skill.envs\n",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "from sim import make_env\n",
+        "def f():\n    import sim.registry\n",
+        "class A:\n    def m(self):\n        from hardware.safety import SafetyLayer\n",
+        "def f():\n    from ..cli import main\n",
+        "if True:\n    import rclpy\n",
+        "def f():\n    import mani_skill.envs\n",
+    ],
+)
 def test_the_check_catches_a_core_import_of_a_lower_layer(tmp_path, body):
     """The checker itself can fail: a core module importing sim/hardware/ROS/the app layer,
     at any depth, is reported."""
@@ -167,8 +185,18 @@ def test_the_check_allows_the_app_layer_and_sees_cycles(tmp_path):
 def test_importing_the_core_loads_no_simulator_ros_or_dataset_library():
     """The runtime view of the same rule: importing every core module (the app layer excluded)
     pulls in no simulator, ROS, camera SDK, and not lerobot (loaded only when a dataset is)."""
-    heavy = ("sim", "hardware", "mani_skill", "sapien", "robosuite", "metaworld", "libero", "rclpy",
-             "pyrealsense2", "lerobot")
+    heavy = (
+        "sim",
+        "hardware",
+        "mani_skill",
+        "sapien",
+        "robosuite",
+        "metaworld",
+        "libero",
+        "rclpy",
+        "pyrealsense2",
+        "lerobot",
+    )
     code = f"""
 import importlib, pkgutil, sys
 import vla

@@ -46,8 +46,22 @@ def test_envs_marks_experts():
 
 @pytest.mark.slow
 def test_bench_sim_prints_ratio_table(tmp_path):
-    out = vla("bench", "sim", "--envs", "robomimic/Lift", "--steps", "20", "--rounds", "2",
-              "--max-workers", "2", "--scaling-steps", "20", "--out", str(tmp_path / "bench.json")).stdout
+    out = vla(
+        "bench",
+        "sim",
+        "--envs",
+        "robomimic/Lift",
+        "--steps",
+        "20",
+        "--rounds",
+        "2",
+        "--max-workers",
+        "2",
+        "--scaling-steps",
+        "20",
+        "--out",
+        str(tmp_path / "bench.json"),
+    ).stdout
     assert any(line.startswith("| robomimic/Lift |") for line in out.splitlines())
     (row,) = json.loads((tmp_path / "bench.json").read_text())
     assert row["raw_steps_per_s"] > 0 and row["wrapper_steps_per_s"] > 0
@@ -61,7 +75,9 @@ def test_hub_download_offline_says_why(tmp_path):
 
 
 def test_collect_without_expert_lists_tasks_with_experts(tmp_path):
-    proc = vla("collect", "--env", "libero/libero_spatial.0", "--episodes", "1", "--out", str(tmp_path / "x"), check=False)
+    proc = vla(
+        "collect", "--env", "libero/libero_spatial.0", "--episodes", "1", "--out", str(tmp_path / "x"), check=False
+    )
     assert proc.returncode == 2
     assert "LIBERO has no scripted experts" in proc.stderr and "robomimic/Lift" in proc.stderr
     assert not (tmp_path / "x").exists()

@@ -116,9 +116,25 @@ def test_interrupted_collection_keeps_saved_episodes(tmp_path):
     """SIGINT in the middle of a run: every episode saved before it is still readable."""
     out = tmp_path / "interrupted"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vla.cli.main", "collect", "--env", "robomimic/Lift", "--episodes", "500",
-         "--num-envs", "1", "--obs-mode", "state", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        [
+            sys.executable,
+            "-m",
+            "vla.cli.main",
+            "collect",
+            "--env",
+            "robomimic/Lift",
+            "--episodes",
+            "500",
+            "--num-envs",
+            "1",
+            "--obs-mode",
+            "state",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     output = b""
     try:
@@ -218,9 +234,28 @@ def test_video_collection_prints_one_clean_progress_bar(tmp_path):
     LeRobot hands libav back its default stderr logger after every episode it encodes."""
     out = tmp_path / "lift_rgb"
     result = subprocess.run(
-        [sys.executable, "-m", "vla.cli.main", "collect", "--env", "robomimic/Lift", "--episodes", "3",
-         "--num-envs", "1", "--obs-mode", "rgb", "--image-size", "32", "--out", str(out)],
-        capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "vla.cli.main",
+            "collect",
+            "--env",
+            "robomimic/Lift",
+            "--episodes",
+            "3",
+            "--num-envs",
+            "1",
+            "--obs-mode",
+            "rgb",
+            "--image-size",
+            "32",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert dataset_info(out)["episodes"] == 3
     noise = [line for line in result.stderr.splitlines() if re.search(r"\[(mp4|mov|h264|libx264|libsvtav1) @ ", line)]

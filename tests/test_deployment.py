@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 
 from hardware.deployment import (
-    ACTION_SPACES, STATE_LAYOUTS, GripperSwitch, Measurement, check_observation,
+    ACTION_SPACES,
+    STATE_LAYOUTS,
+    GripperSwitch,
+    Measurement,
+    check_observation,
 )
 from sim.franka_mujoco import SimFrankaConfig, SimulatedFranka, TrajectoryFollower
 from vla.registry import UnknownNameError
@@ -22,7 +26,9 @@ def sim_franka():
 
 def test_trajectory_follower_interpolates_skips_past_points_and_holds():
     f = TrajectoryFollower(np.zeros(7))
-    skipped = f.set_trajectory(np.array([np.full(7, 1.0), np.full(7, 2.0), np.full(7, 3.0)]), np.array([0.5, 1.0, 2.0]), now=0.75)
+    skipped = f.set_trajectory(
+        np.array([np.full(7, 1.0), np.full(7, 2.0), np.full(7, 3.0)]), np.array([0.5, 1.0, 2.0]), now=0.75
+    )
     assert skipped == 1  # the point at 0.5 s is already past
     assert np.allclose(f.sample(0.75), 0.0)  # starts from where it was: no jump
     assert np.allclose(f.sample(0.875), 1.0)  # halfway to the point at 1.0 s (2.0)
@@ -85,17 +91,36 @@ def test_joint_position_actions_pass_through_and_registries_list_names():
 def test_gripper_switch_commands_only_on_crossings_with_hysteresis():
     switch = GripperSwitch(threshold=0.0, hysteresis=0.2)
     assert [switch.update(v) for v in (-1.0, -0.9, 0.1, 0.3, 0.1, -0.1, -0.3, 0.5)] == [
-        "open", None, None, "close", None, None, "open", "close"]
+        "open",
+        None,
+        None,
+        "close",
+        None,
+        None,
+        "open",
+        "close",
+    ]
 
 
 def test_check_observation_refuses_wrong_shapes_missing_features_and_nan():
-    meta = {"features": {"observation.state": {"shape": [16], "dtype": "float32"},
-                         "observation.images.scene": {"shape": [84, 84, 3], "dtype": "uint8"},
-                         "task": {"shape": [], "dtype": "str"}},
-            "head": "meanflow", "chunk_size": 8, "action_dim": 7, "n_action_steps": 4, "inference_steps": 1,
-            "use_language": True}
-    good = {"observation.state": np.zeros(16, np.float32), "observation.images.scene": np.zeros((84, 84, 3), np.uint8),
-            "task": "lift the red cube off the table"}
+    meta = {
+        "features": {
+            "observation.state": {"shape": [16], "dtype": "float32"},
+            "observation.images.scene": {"shape": [84, 84, 3], "dtype": "uint8"},
+            "task": {"shape": [], "dtype": "str"},
+        },
+        "head": "meanflow",
+        "chunk_size": 8,
+        "action_dim": 7,
+        "n_action_steps": 4,
+        "inference_steps": 1,
+        "use_language": True,
+    }
+    good = {
+        "observation.state": np.zeros(16, np.float32),
+        "observation.images.scene": np.zeros((84, 84, 3), np.uint8),
+        "task": "lift the red cube off the table",
+    }
     check_observation(meta, good)
     with pytest.raises(ValueError, match="instruction"):
         check_observation(meta, {k: v for k, v in good.items() if k != "task"})

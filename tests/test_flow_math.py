@@ -383,9 +383,7 @@ def test_dispersive_value_matches_hand_computation(form, variant):
     assert got == pytest.approx(want, rel=1e-10, abs=1e-12)
     # features of shape (B, ...) are flattened per sample
     z3 = torch.tensor(Z, dtype=F64).reshape(3, 1, 2)
-    assert dispersive_loss(z3, variant, temperature=TAU, margin=MARGIN, form=form).item() == pytest.approx(
-        got
-    )
+    assert dispersive_loss(z3, variant, temperature=TAU, margin=MARGIN, form=form).item() == pytest.approx(got)
 
 
 @pytest.mark.parametrize(("form", "variant"), CASES)

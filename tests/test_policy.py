@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from vla.registry import UnknownNameError
 import torch
 
 from vla import keys
@@ -13,6 +11,7 @@ from vla.policies.checkpoint import load_policy, save_policy
 from vla.policies.config import PolicyConfig
 from vla.policies.flow_policy import FlowPolicy
 from vla.policies.normalize import compute_stats
+from vla.registry import UnknownNameError
 
 SCENE = keys.image_key("scene")
 
@@ -22,22 +21,38 @@ def tiny_policy(head: str, images: bool = False, **overrides) -> FlowPolicy:
     if images:
         shapes[SCENE] = [32, 32, 3]
     config = PolicyConfig(
-        vector_features=(keys.OBS_STATE,), image_features=(SCENE,) if images else (), feature_shapes=shapes,
-        action_dim=3, chunk_size=4, n_action_steps=2, d_model=32, n_heads=2, n_expert_layers=2, head=head,
-        image_tokens=4, **overrides,
+        vector_features=(keys.OBS_STATE,),
+        image_features=(SCENE,) if images else (),
+        feature_shapes=shapes,
+        action_dim=3,
+        chunk_size=4,
+        n_action_steps=2,
+        d_model=32,
+        n_heads=2,
+        n_expert_layers=2,
+        head=head,
+        image_tokens=4,
+        **overrides,
     )
     torch.manual_seed(0)
     policy = FlowPolicy(config)
     rng = torch.Generator().manual_seed(1)
-    policy.set_normalization({keys.OBS_STATE: compute_stats(torch.randn(50, 5, generator=rng)),
-                              keys.ACTION: compute_stats(torch.rand(50, 3, generator=rng) * 2 - 1)})
+    policy.set_normalization(
+        {
+            keys.OBS_STATE: compute_stats(torch.randn(50, 5, generator=rng)),
+            keys.ACTION: compute_stats(torch.rand(50, 3, generator=rng) * 2 - 1),
+        }
+    )
     return policy
 
 
 def batch(n: int = 6, images: bool = False) -> dict:
     rng = np.random.default_rng(0)
-    b = {keys.OBS_STATE: rng.normal(size=(n, 5)).astype(np.float32),
-         keys.ACTION: rng.uniform(-1, 1, size=(n, 4, 3)).astype(np.float32), keys.TASK: ["lift"] * n}
+    b = {
+        keys.OBS_STATE: rng.normal(size=(n, 5)).astype(np.float32),
+        keys.ACTION: rng.uniform(-1, 1, size=(n, 4, 3)).astype(np.float32),
+        keys.TASK: ["lift"] * n,
+    }
     if images:
         b[SCENE] = rng.integers(0, 255, size=(n, 32, 32, 3), dtype=np.uint8)
     return b
@@ -86,8 +101,12 @@ def test_inference_hooks(head, nfe):
     assert chunks.shape == (3, 5, 4, 3) and features.shape == (3, 5, 32)
     # candidate j of sample_action_chunks equals predict_action_chunk with the same noise
     many = torch.randn(3, 5, 4, 3)
-    torch.testing.assert_close(policy.sample_action_chunks(obs, 5, noise=many)[:, 2],
-                               policy.predict_action_chunk(obs, noise=many[:, 2]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        policy.sample_action_chunks(obs, 5, noise=many)[:, 2],
+        policy.predict_action_chunk(obs, noise=many[:, 2]),
+        atol=1e-5,
+        rtol=1e-5,
+    )
     chain = policy.denoising_chain(obs, noise=noise)
     assert chain.xs.shape == (nfe + 1, 3, 4, 3) and chain.means.shape == (nfe, 3, 4, 3)
     torch.testing.assert_close(policy.action_norm.inverse(chain.xs[-1]), a, atol=1e-5, rtol=1e-5)
@@ -111,7 +130,11 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
     stats = {keys.OBS_STATE: compute_stats(torch.randn(10, 5)), keys.ACTION: compute_stats(torch.randn(10, 3))}
     policy.set_normalization(stats)
     save_policy(policy, stats, tmp_path / "ckpt")
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors", "stats.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "stats.safetensors",
+    ]
     loaded = load_policy(tmp_path / "ckpt")
     obs = {k: v for k, v in batch(2, images=True).items() if k != keys.ACTION}
     noise = torch.randn(2, 4, 3)

@@ -83,7 +83,9 @@ def test_read_times_out_loudly_and_intrinsics_come_from_the_stream(software):
 
 def test_unsupported_resolution_or_fps_is_refused_with_the_supported_list():
     device = SoftwareRealSense(W, H, FPS)
-    with pytest.raises(ValueError, match=r"does not support color rgb8 at 640x480@30; supported color rgb8 profiles: 64x48@30"):
+    with pytest.raises(
+        ValueError, match=r"does not support color rgb8 at 640x480@30; supported color rgb8 profiles: 64x48@30"
+    ):
         RealSenseCamera(RealSenseConfig(width=640, height=480, fps=30), device=device).connect()
     with pytest.raises(ValueError, match=r"64x48@15.*supported color rgb8 profiles: 64x48@30"):
         RealSenseCamera(RealSenseConfig(width=W, height=H, fps=15), device=device).connect()
@@ -172,8 +174,9 @@ def _run_node(params: dict, domain_id: int, **kwargs) -> subprocess.Popen:
     args = [sys.executable, "-m", "vla_ros.camera_node", "--ros-args"]
     for key, value in params.items():
         args += ["-p", f"{key}:={value}"]
-    return subprocess.Popen(args, env=_node_env(domain_id), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kwargs)
+    return subprocess.Popen(
+        args, env=_node_env(domain_id), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs
+    )
 
 
 def test_camera_node_publishes_images_info_and_diagnostics(monkeypatch):
@@ -186,8 +189,18 @@ def test_camera_node_publishes_images_info_and_diagnostics(monkeypatch):
     width, height, fps = 160, 120, 30
     domain_id = random.randint(1, 100)
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    proc = _run_node({"source": "software", "width": width, "height": height, "fps": fps,
-                      "camera_name": "cam", "diagnostics_period_s": 0.5, "rate_log_period_s": 1.0}, domain_id)
+    proc = _run_node(
+        {
+            "source": "software",
+            "width": width,
+            "height": height,
+            "fps": fps,
+            "camera_name": "cam",
+            "diagnostics_period_s": 0.5,
+            "rate_log_period_s": 1.0,
+        },
+        domain_id,
+    )
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain_id)
     try:

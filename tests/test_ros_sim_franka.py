@@ -23,9 +23,24 @@ def sim_node(tmp_path_factory):
     domain = 150 + os.getpid() % 50
     log = tmp_path_factory.mktemp("sim") / "sim_franka.log"
     env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
-    proc = subprocess.Popen([sys.executable, "-m", "vla_ros.sim_franka_node", "--ros-args", "-p", "seed:=1000",
-                             "-p", "image_size:=64", "-p", "real_time_factor:=1.0"], env=env,
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vla_ros.sim_franka_node",
+            "--ros-args",
+            "-p",
+            "seed:=1000",
+            "-p",
+            "image_size:=64",
+            "-p",
+            "real_time_factor:=1.0",
+        ],
+        env=env,
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     yield domain, proc
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=20) == 0, log.read_text()[-3000:]
@@ -99,8 +114,10 @@ def test_sim_franka_over_dds(sim_node):
         probe.spin(2, until=lambda: probe.joints)
         q0 = np.array(probe.joints[-1].position[:7])
         target = q0 + np.array([0.15, -0.1, 0.0, 0.1, 0.0, 0.1, 0.2])
-        msg = JointTrajectory(joint_names=ARM, points=[JointTrajectoryPoint(positions=target.tolist(),
-                                                                            time_from_start=s_to_duration(1.0))])
+        msg = JointTrajectory(
+            joint_names=ARM,
+            points=[JointTrajectoryPoint(positions=target.tolist(), time_from_start=s_to_duration(1.0))],
+        )
         probe.trajectory_pub.publish(msg)
         probe.spin(6, until=lambda: np.abs(np.array(probe.joints[-1].position[:7]) - target).max() < 0.01)
         assert np.abs(np.array(probe.joints[-1].position[:7]) - target).max() < 0.01, "the arm did not follow"

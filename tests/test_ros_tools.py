@@ -105,17 +105,33 @@ def test_recorder_records_images_and_joint_states_pixel_exact(tmp_path, ros):
     domain = _domain(0)
     bag = tmp_path / "bag"
     params = tmp_path / "recorder.yaml"
-    params.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
-        "output_dir": str(bag), "topics": ["/camera/camera/color/image_raw", "/joint_states"],
-        "stats_period_s": 1.0}}}))
-    proc = subprocess.Popen([sys.executable, "-m", "vla_ros.recorder", "--ros-args", "--params-file", str(params)],
-                            env=_env(domain), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    params.write_text(
+        yaml.safe_dump(
+            {
+                "/**": {
+                    "ros__parameters": {
+                        "output_dir": str(bag),
+                        "topics": ["/camera/camera/color/image_raw", "/joint_states"],
+                        "stats_period_s": 1.0,
+                    }
+                }
+            }
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vla_ros.recorder", "--ros-args", "--params-file", str(params)],
+        env=_env(domain),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         env = ros(domain)
         img_pub = env.node.create_publisher(Image, "/camera/camera/color/image_raw", 10)
         js_pub = env.node.create_publisher(JointState, "/joint_states", 10)
-        assert env.spin_until(lambda: img_pub.get_subscription_count() > 0 and js_pub.get_subscription_count() > 0,
-                              30.0), "the recorder never subscribed"
+        assert env.spin_until(
+            lambda: img_pub.get_subscription_count() > 0 and js_pub.get_subscription_count() > 0, 30.0
+        ), "the recorder never subscribed"
         rng = np.random.default_rng(0)
         images = [rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8) for _ in range(12)]
         for i, pixels in enumerate(images):
@@ -123,8 +139,9 @@ def test_recorder_records_images_and_joint_states_pixel_exact(tmp_path, ros):
             msg.header.frame_id = f"frame{i}"
             img_pub.publish(msg)
             for j in range(4):
-                js_pub.publish(JointState(name=[f"fr3_joint{k}" for k in range(1, 8)],
-                                          position=[0.1 * i + 0.01 * j] * 7))
+                js_pub.publish(
+                    JointState(name=[f"fr3_joint{k}" for k in range(1, 8)], position=[0.1 * i + 0.01 * j] * 7)
+                )
                 env.spin_until(lambda: False, 0.005)
         rclpy_hash = str(env.node.get_publishers_info_by_topic("/camera/camera/color/image_raw")[0].topic_type_hash)
         env.spin_until(lambda: False, 0.5)
@@ -150,7 +167,7 @@ def test_recorder_records_images_and_joint_states_pixel_exact(tmp_path, ros):
     got_images, got_positions = {}, []
     with Reader(bag) as reader:
         assert {c.topic for c in reader.connections} == {"/camera/camera/color/image_raw", "/joint_states"}
-        for conn, stamp, raw in reader.messages():
+        for conn, _stamp, raw in reader.messages():
             msg = typestore.deserialize_cdr(raw, conn.msgtype)
             if conn.topic == "/joint_states":
                 got_positions.append(msg.position[0])
@@ -164,8 +181,16 @@ def test_recorder_records_images_and_joint_states_pixel_exact(tmp_path, ros):
 
 def test_recorder_sigterm_closes_the_bag_and_refuses_to_overwrite_it(tmp_path):
     bag = tmp_path / "bag"
-    cmd = [sys.executable, "-m", "vla_ros.recorder", "--ros-args", "-p", f"output_dir:={bag}",
-           "-p", "topics:=[/nobody_publishes_this]"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vla_ros.recorder",
+        "--ros-args",
+        "-p",
+        f"output_dir:={bag}",
+        "-p",
+        "topics:=[/nobody_publishes_this]",
+    ]
     proc = subprocess.Popen(cmd, env=_env(_domain(1)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(2.0)
     rc, out = _stop(proc, signal.SIGTERM)
@@ -177,20 +202,42 @@ def test_recorder_sigterm_closes_the_bag_and_refuses_to_overwrite_it(tmp_path):
     again = subprocess.run(cmd, env=_env(_domain(1)), capture_output=True, text=True, timeout=30)
     assert again.returncode == 2
     assert "exists already" in again.stdout + again.stderr
-    typo = subprocess.run(cmd[:-4] + ["-p", f"output_dirr:={tmp_path / 'other'}"], env=_env(_domain(1)),
-                          capture_output=True, text=True, timeout=30)
+    typo = subprocess.run(
+        cmd[:-4] + ["-p", f"output_dirr:={tmp_path / 'other'}"],
+        env=_env(_domain(1)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert typo.returncode == 2
-    assert "unknown parameter(s) ['output_dirr'] for recorder; available: output_dir, topics" in typo.stdout + typo.stderr
-    bogus = subprocess.run(cmd[:-4] + ["-p", f"output_dir:={tmp_path / 'other'}", "-p", "executor:=fast"],
-                           env=_env(_domain(1)), capture_output=True, text=True, timeout=30)
+    assert (
+        "unknown parameter(s) ['output_dirr'] for recorder; available: output_dir, topics" in typo.stdout + typo.stderr
+    )
+    bogus = subprocess.run(
+        cmd[:-4] + ["-p", f"output_dir:={tmp_path / 'other'}", "-p", "executor:=fast"],
+        env=_env(_domain(1)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert bogus.returncode == 2
     assert "unknown executor 'fast'; available: events, multi_threaded" in bogus.stdout + bogus.stderr
 
 
 def test_recorder_runs_on_the_multi_threaded_executor_too(tmp_path):
     bag = tmp_path / "bag"
-    cmd = [sys.executable, "-m", "vla_ros.recorder", "--ros-args", "-p", f"output_dir:={bag}",
-           "-p", "topics:=[/nobody_publishes_this]", "-p", "executor:=multi_threaded"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vla_ros.recorder",
+        "--ros-args",
+        "-p",
+        f"output_dir:={bag}",
+        "-p",
+        "topics:=[/nobody_publishes_this]",
+        "-p",
+        "executor:=multi_threaded",
+    ]
     proc = subprocess.Popen(cmd, env=_env(_domain(1)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(2.0)
     rc, out = _stop(proc, signal.SIGTERM)
@@ -278,26 +325,43 @@ def test_graph_validation_errors_are_clear(tmp_path):
 
 
 def test_parameters_merge_file_inline_and_overrides(tmp_path):
-    (tmp_path / "p.yaml").write_text(textwrap.dedent("""\
+    (tmp_path / "p.yaml").write_text(
+        textwrap.dedent("""\
         /**:
           ros__parameters: {rate_hz: 5.0, prefix: file, camera: {width: 64, height: 48}}
         talker:
           ros__parameters: {prefix: section}
         other_node:
           ros__parameters: {prefix: not-mine}
-        """))
-    path = _graph_yaml(tmp_path, [{"name": "talker", "executable": str(TALKER), "params_file": "p.yaml",
-                                   "parameters": {"rate_hz": 50.0, "camera": {"width": 128}}}])
+        """)
+    )
+    path = _graph_yaml(
+        tmp_path,
+        [
+            {
+                "name": "talker",
+                "executable": str(TALKER),
+                "params_file": "p.yaml",
+                "parameters": {"rate_hz": 50.0, "camera": {"width": 128}},
+            }
+        ],
+    )
     graph = L.Graph.from_yaml(path, ["talker.camera.height=96", "talker.tags=[a, b]"])
     assert graph.node("talker").merged_parameters() == {
-        "rate_hz": 50.0, "prefix": "section", "camera.width": 128, "camera.height": 96, "tags": ["a", "b"]}
+        "rate_hz": 50.0,
+        "prefix": "section",
+        "camera.width": 128,
+        "camera.height": 96,
+        "tags": ["a", "b"],
+    }
     cmd = graph.node("talker").command(tmp_path / "merged.yaml")
     assert cmd[:2] == [sys.executable, str(TALKER)]
     assert cmd[2:] == ["--ros-args", "-r", "__node:=talker", "--params-file", str(tmp_path / "merged.yaml")]
     (tmp_path / "q.yaml").write_text("someone_else:\n  ros__parameters: {a: 1}\n")
     with pytest.raises(L.GraphError, match="has no section for node 'talker'"):
-        L.Graph.from_yaml(_graph_yaml(tmp_path, [{"name": "talker", "executable": str(TALKER),
-                                                  "params_file": "q.yaml"}]))
+        L.Graph.from_yaml(
+            _graph_yaml(tmp_path, [{"name": "talker", "executable": str(TALKER), "params_file": "q.yaml"}])
+        )
 
 
 def test_launch_brings_up_graph_waits_ready_and_stops(tmp_path, ros):
@@ -306,13 +370,25 @@ def test_launch_brings_up_graph_waits_ready_and_stops(tmp_path, ros):
     domain = _domain(2)
     bag = tmp_path / "bag"
     (tmp_path / "rec.yaml").write_text(yaml.safe_dump({"/**": {"ros__parameters": {"topics": ["/greetings"]}}}))
-    path = _graph_yaml(tmp_path, [
-        {"name": "talker", "executable": str(TALKER), "parameters": {"rate_hz": 20.0, "prefix": "from-yaml"},
-         "remappings": {"chatter": "/greetings"}, "required": True},
-        {"name": "recorder", "module": "vla_ros.recorder", "params_file": "rec.yaml",
-         "parameters": {"output_dir": str(bag)}},
-        {"name": "off", "executable": str(TALKER), "enabled": False},
-    ])
+    path = _graph_yaml(
+        tmp_path,
+        [
+            {
+                "name": "talker",
+                "executable": str(TALKER),
+                "parameters": {"rate_hz": 20.0, "prefix": "from-yaml"},
+                "remappings": {"chatter": "/greetings"},
+                "required": True,
+            },
+            {
+                "name": "recorder",
+                "module": "vla_ros.recorder",
+                "params_file": "rec.yaml",
+                "parameters": {"output_dir": str(bag)},
+            },
+            {"name": "off", "executable": str(TALKER), "enabled": False},
+        ],
+    )
     graph = L.Graph.from_yaml(path, ["talker.prefix=from-override"], domain_id=domain)
     lines: list[str] = []
     with L.launch(graph, output=lines.append) as running:
@@ -339,15 +415,28 @@ def test_launch_brings_up_graph_waits_ready_and_stops(tmp_path, ros):
 
 
 def test_respawn_and_shutdown_escalation(tmp_path):
-    path = _graph_yaml(tmp_path, [
-        {"name": "flaky", "executable": str(TALKER), "respawn": True, "respawn_delay": 0.2,
-         "parameters": {"exit_after_s": 0.3, "exit_code": 5}},
-        # ignores SIGINT: the launcher must escalate to SIGTERM
-        {"name": "stubborn", "executable": "sh", "args": ["-c", "trap '' INT; echo trapped; while true; do sleep 0.1; done"]},
-    ])
+    path = _graph_yaml(
+        tmp_path,
+        [
+            {
+                "name": "flaky",
+                "executable": str(TALKER),
+                "respawn": True,
+                "respawn_delay": 0.2,
+                "parameters": {"exit_after_s": 0.3, "exit_code": 5},
+            },
+            # ignores SIGINT: the launcher must escalate to SIGTERM
+            {
+                "name": "stubborn",
+                "executable": "sh",
+                "args": ["-c", "trap '' INT; echo trapped; while true; do sleep 0.1; done"],
+            },
+        ],
+    )
     lines: list[str] = []
-    running = L.launch(L.Graph.from_yaml(path, domain_id=_domain(4)), output=lines.append,
-                       sigint_timeout=0.5, sigterm_timeout=2.0)
+    running = L.launch(
+        L.Graph.from_yaml(path, domain_id=_domain(4)), output=lines.append, sigint_timeout=0.5, sigterm_timeout=2.0
+    )
     try:
         deadline = time.monotonic() + 30
         while running.restarts["flaky"] < 2 and time.monotonic() < deadline:
@@ -366,12 +455,18 @@ def test_respawn_and_shutdown_escalation(tmp_path):
 def test_a_python_node_that_will_not_stop_dumps_its_stacks_before_sigkill(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(TALKER.parent))  # so the launcher finds the `hang` module
     path = tmp_path / "graph.yaml"
-    path.write_text(yaml.safe_dump({
-        "env": {"PYTHONPATH": os.pathsep.join([str(TALKER.parent), os.environ.get("PYTHONPATH", "")])},
-        "nodes": [{"name": "hung", "module": "hang"}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "env": {"PYTHONPATH": os.pathsep.join([str(TALKER.parent), os.environ.get("PYTHONPATH", "")])},
+                "nodes": [{"name": "hung", "module": "hang"}],
+            }
+        )
+    )
     lines: list[str] = []
-    running = L.launch(L.Graph.from_yaml(path, domain_id=_domain(4)), output=lines.append,
-                       sigint_timeout=0.3, sigterm_timeout=0.3)
+    running = L.launch(
+        L.Graph.from_yaml(path, domain_id=_domain(4)), output=lines.append, sigint_timeout=0.3, sigterm_timeout=0.3
+    )
     try:
         deadline = time.monotonic() + 30
         while "[hung] hanging" not in lines and time.monotonic() < deadline:
@@ -385,14 +480,26 @@ def test_a_python_node_that_will_not_stop_dumps_its_stacks_before_sigkill(tmp_pa
 
 
 def test_cli_required_node_failure_stops_the_rest_and_exits_nonzero(tmp_path):
-    path = _graph_yaml(tmp_path, [
-        {"name": "steady", "executable": str(TALKER), "parameters": {"topic": "steady"}},
-        {"name": "crasher", "executable": str(TALKER), "required": True,
-         "parameters": {"topic": "crash", "exit_after_s": 2.0, "exit_code": 3}},
-    ])
+    path = _graph_yaml(
+        tmp_path,
+        [
+            {"name": "steady", "executable": str(TALKER), "parameters": {"topic": "steady"}},
+            {
+                "name": "crasher",
+                "executable": str(TALKER),
+                "required": True,
+                "parameters": {"topic": "crash", "exit_after_s": 2.0, "exit_code": 3},
+            },
+        ],
+    )
     start = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "vla_ros.launcher", str(path), "--domain-id", str(_domain(3))],
-                            env=_env(_domain(3)), capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "vla_ros.launcher", str(path), "--domain-id", str(_domain(3))],
+        env=_env(_domain(3)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "required node 'crasher' exited with code 3" in result.stdout + result.stderr
     assert "[crasher] " in result.stdout and "exiting on purpose with code 3" in result.stdout
@@ -403,8 +510,13 @@ def test_cli_required_node_failure_stops_the_rest_and_exits_nonzero(tmp_path):
 
 def test_cli_reports_graph_errors(tmp_path):
     path = _graph_yaml(tmp_path, [{"name": "talker", "executable": str(TALKER), "params_file": "nope.yaml"}])
-    result = subprocess.run([sys.executable, "-m", "vla_ros.launcher", str(path)], env=_env(_domain(3)),
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "vla_ros.launcher", str(path)],
+        env=_env(_domain(3)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 2
     assert "params_file 'nope.yaml' not found" in result.stderr
 
@@ -432,14 +544,27 @@ def test_franka_launch_file_parses_and_includes_the_real_launch_files():
     assert "generate_launch_description" in functions
     arguments = next(n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "ARGUMENTS")
     declared = {k.value for k in arguments.value.keys}
-    assert {"robot_ip", "arm_id", "policy_checkpoint", "server_host", "server_port", "params_file", "record"} <= declared
+    assert {
+        "robot_ip",
+        "arm_id",
+        "policy_checkpoint",
+        "server_host",
+        "server_port",
+        "params_file",
+        "record",
+    } <= declared
 
     # Its pure functions (the controllers file it writes, the policy source), run without launch:
-    pure = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in ("controllers_config", "_policy_source")]
+    pure = [
+        n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in ("controllers_config", "_policy_source")
+    ]
     scope: dict = {}
     exec(compile(ast.Module(body=pure, type_ignores=[]), str(LAUNCH_FILE), "exec"), scope)
-    assert scope["_policy_source"]("", "gpu-box", "8001") == {"checkpoint": "", "server_host": "gpu-box",
-                                                               "server_port": 8001}
+    assert scope["_policy_source"]("", "gpu-box", "8001") == {
+        "checkpoint": "",
+        "server_host": "gpu-box",
+        "server_port": 8001,
+    }
     assert scope["_policy_source"]("/ckpt", "", "8000") == {"checkpoint": "/ckpt", "server_host": ""}
     with pytest.raises(RuntimeError, match="not both"):
         scope["_policy_source"]("/ckpt", "gpu-box", "8000")

@@ -14,7 +14,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -98,8 +97,14 @@ def test_interfaces_import_construct_and_check_types(interfaces):
     assert list(goal.trajectory.points[0].positions) == [0.1] * 7
     assert goal.component_path_tolerance == [] and goal.multi_dof_trajectory.points == []
     R = FollowJointTrajectory.Result
-    assert (R.SUCCESSFUL, R.INVALID_GOAL, R.INVALID_JOINTS, R.OLD_HEADER_TIMESTAMP,
-            R.PATH_TOLERANCE_VIOLATED, R.GOAL_TOLERANCE_VIOLATED) == (0, -1, -2, -3, -4, -5)
+    assert (
+        R.SUCCESSFUL,
+        R.INVALID_GOAL,
+        R.INVALID_JOINTS,
+        R.OLD_HEADER_TIMESTAMP,
+        R.PATH_TOLERANCE_VIOLATED,
+        R.GOAL_TOLERANCE_VIOLATED,
+    ) == (0, -1, -2, -3, -4, -5)
     assert R(error_code=R.INVALID_JOINTS, error_string="x").error_string == "x"
     assert FollowJointTrajectory.Feedback().joint_names == []
     assert JointComponentTolerance.ROTATION == 5 and JointComponentTolerance.X_AXIS == 1
@@ -143,7 +148,10 @@ def test_field_layout_matches_upstream_jazzy(interfaces):
     ]
     assert list(FollowJointTrajectory.Result.get_fields_and_field_types()) == ["error_code", "error_string"]
     assert list(Grasp.Goal.get_fields_and_field_types().items()) == [
-        ("width", "double"), ("epsilon", "franka_msgs/GraspEpsilon"), ("speed", "double"), ("force", "double"),
+        ("width", "double"),
+        ("epsilon", "franka_msgs/GraspEpsilon"),
+        ("speed", "double"),
+        ("force", "double"),
     ]
 
 
@@ -155,7 +163,11 @@ def test_build_produces_the_recorded_type_hashes(interfaces):
         recorded = _recorded(pkg)
         built = built_type_hashes(interfaces, pkg)
         assert built, f"no type descriptions under {interfaces}/share/{pkg}"
-        changed = {t: (recorded.get(t), built.get(t)) for t in recorded.keys() | built.keys() if recorded.get(t) != built.get(t)}
+        changed = {
+            t: (recorded.get(t), built.get(t))
+            for t in recorded.keys() | built.keys()
+            if recorded.get(t) != built.get(t)
+        }
         assert not changed, f"{pkg}: type hashes differ from {pkg}/type_hashes.json (recorded, built): {changed}"
     assert _recorded("control_msgs")["control_msgs/action/FollowJointTrajectory"] == (
         "RIHS01_738ebcb7a2d7cfa42f9f1001cc99ce3a4383d1cfe508015d9be8485e4b1c66f6"
@@ -222,8 +234,9 @@ def test_follow_joint_trajectory_action_between_processes(interfaces, tmp_path):
     domain = _domain(0)
     script = tmp_path / "server.py"
     script.write_text(SERVER)
-    server = subprocess.Popen([sys.executable, str(script)], env=_ros_env(domain),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [sys.executable, str(script)], env=_ros_env(domain), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain)
     try:
@@ -242,9 +255,12 @@ def test_follow_joint_trajectory_action_between_processes(interfaces, tmp_path):
         joints = [f"fr3_joint{i}" for i in range(1, 8)]
         points = [JointTrajectoryPoint(positions=[0.1 * k] * 7, time_from_start=Duration(sec=k)) for k in (1, 2, 3)]
         feedback = []
-        handle = run(client.send_goal_async(
-            FJT.Goal(trajectory=JointTrajectory(joint_names=joints, points=points)),
-            feedback_callback=lambda msg: feedback.append(msg.feedback)))
+        handle = run(
+            client.send_goal_async(
+                FJT.Goal(trajectory=JointTrajectory(joint_names=joints, points=points)),
+                feedback_callback=lambda msg: feedback.append(msg.feedback),
+            )
+        )
         assert handle.accepted
         answer = run(handle.get_result_async())
         assert answer.result.error_code == FJT.Result.SUCCESSFUL
@@ -284,8 +300,14 @@ def test_follow_joint_trajectory_action_between_processes(interfaces, tmp_path):
 def test_colcon_builds_and_tests_vla_ros(interfaces, tmp_path):
     env = dict(os.environ, COLCON_HOME=str(tmp_path / "colcon_home"), PYTHONDONTWRITEBYTECODE="1")
     dirs = {k: tmp_path / k for k in ("build", "install", "test_results", "log")}
-    common = ["--base-paths", str(SRC / "vla_ros"), "--build-base", str(dirs["build"]),
-              "--install-base", str(dirs["install"])]
+    common = [
+        "--base-paths",
+        str(SRC / "vla_ros"),
+        "--build-base",
+        str(dirs["build"]),
+        "--install-base",
+        str(dirs["install"]),
+    ]
     colcon = [sys.executable, "-m", "colcon", "--log-base", str(dirs["log"])]
 
     def run(args: list[str]) -> str:
@@ -319,8 +341,17 @@ def test_colcon_builds_and_tests_vla_ros(interfaces, tmp_path):
     assert where["control_msgs"] == where["franka_msgs"] == str(interfaces)
     assert where["vla_ros"] == str(install)
 
-    run(["test", *common, "--test-result-base", str(dirs["test_results"]), "--return-code-on-test-failure",
-         "--event-handlers", "console_cohesion+"])
+    run(
+        [
+            "test",
+            *common,
+            "--test-result-base",
+            str(dirs["test_results"]),
+            "--return-code-on-test-failure",
+            "--event-handlers",
+            "console_cohesion+",
+        ]
+    )
     summary = run(["test-result", "--test-result-base", str(dirs["test_results"]), "--all", "--verbose"])
     counts = re.search(r"Summary: (\d+) tests, (\d+) errors, (\d+) failures", summary)
     assert counts and int(counts[1]) >= 2 and counts[2] == counts[3] == "0", summary

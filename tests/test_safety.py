@@ -97,6 +97,13 @@ def test_config_validation(kwargs, message):
         SafetyConfig(**kwargs)
 
 
+def test_every_config_field_says_what_it_means():
+    """The policy node's safety.* parameters are these fields: each one documents itself."""
+    import dataclasses
+
+    assert [f.name for f in dataclasses.fields(SafetyConfig) if not f.metadata.get("help")] == []
+
+
 # --------------------------------------------------------------------------------------------------
 # filtering
 # --------------------------------------------------------------------------------------------------
@@ -197,8 +204,16 @@ def test_next_trajectory_continues_from_the_commanded_setpoint():
     second = layer.filter_trajectory(NAMES, *ramp(HOME - 1.0, 5, 0.05), now=0.5)
     assert second is not None
     assert np.max(np.abs(second.positions[0] - setpoint)) <= 0.05 + 1e-12
-    assert check_limits(np.vstack([first.positions[:10], second.positions]),
-                        np.concatenate([first.times[:10], 0.5 + second.times]), FR3, 0.5, start=HOME) == []
+    assert (
+        check_limits(
+            np.vstack([first.positions[:10], second.positions]),
+            np.concatenate([first.times[:10], 0.5 + second.times]),
+            FR3,
+            0.5,
+            start=HOME,
+        )
+        == []
+    )
 
 
 def test_trajectory_in_another_joint_order_comes_out_in_robot_order():

@@ -32,8 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 SCENE = keys.image_key("scene")
 STATE_DIM, IMAGE_SHAPE, H, A = 5, (16, 16, 3), 4, 3
 LIMIT = 64 * 1024  # the test servers' max_message_bytes
-OPENPI_VENV_PYTHON = Path(os.environ.get(
-    "VLA_OPENPI_CLIENT_PYTHON", Path.home() / ".cache/vla-stack/openpi-client-venv/bin/python"))
+OPENPI_VENV_PYTHON = Path(
+    os.environ.get("VLA_OPENPI_CLIENT_PYTHON", Path.home() / ".cache/vla-stack/openpi-client-venv/bin/python")
+)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -46,15 +47,25 @@ def checkpoint(tmp_path_factory) -> Path:
     from vla.policies.normalize import compute_stats
 
     config = PolicyConfig(
-        vector_features=(keys.OBS_STATE,), image_features=(SCENE,),
-        feature_shapes={keys.OBS_STATE: [STATE_DIM], SCENE: list(IMAGE_SHAPE)}, action_dim=A, chunk_size=H,
-        n_action_steps=2, d_model=32, n_heads=2, n_expert_layers=2, head="flow_matching", image_tokens=4,
+        vector_features=(keys.OBS_STATE,),
+        image_features=(SCENE,),
+        feature_shapes={keys.OBS_STATE: [STATE_DIM], SCENE: list(IMAGE_SHAPE)},
+        action_dim=A,
+        chunk_size=H,
+        n_action_steps=2,
+        d_model=32,
+        n_heads=2,
+        n_expert_layers=2,
+        head="flow_matching",
+        image_tokens=4,
     )
     torch.manual_seed(0)
     policy = FlowPolicy(config)
     rng = torch.Generator().manual_seed(1)
-    stats = {keys.OBS_STATE: compute_stats(torch.randn(50, STATE_DIM, generator=rng)),
-             keys.ACTION: compute_stats(torch.rand(50, A, generator=rng) * 4 - 2)}
+    stats = {
+        keys.OBS_STATE: compute_stats(torch.randn(50, STATE_DIM, generator=rng)),
+        keys.ACTION: compute_stats(torch.rand(50, A, generator=rng) * 4 - 2),
+    }
     policy.set_normalization(stats)
     return save_policy(policy, stats, tmp_path_factory.mktemp("serve") / "ckpt")
 
@@ -65,14 +76,32 @@ class ServerProcess:
     def __init__(self, checkpoint: Path, log_path: Path, *extra: str):
         self.log_path = log_path
         self.log = log_path.open("w")
-        cmd = [sys.executable, "-m", "vla.cli.main", "-v", "serve", "--policy", str(checkpoint), "--host", "127.0.0.1",
-               "--port", "0", "--max-message-bytes", str(LIMIT), *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "vla.cli.main",
+            "-v",
+            "serve",
+            "--policy",
+            str(checkpoint),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--max-message-bytes",
+            str(LIMIT),
+            *extra,
+        ]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=self.log, text=True)
         selector = selectors.DefaultSelector()
         selector.register(self.proc.stdout, selectors.EVENT_READ)
         deadline, line = time.monotonic() + 90, ""
         while "listening on" not in line:
-            if self.proc.poll() is not None or time.monotonic() > deadline or not selector.select(deadline - time.monotonic()):
+            if (
+                self.proc.poll() is not None
+                or time.monotonic() > deadline
+                or not selector.select(deadline - time.monotonic())
+            ):
                 self.stop()
                 raise RuntimeError(f"server did not start; log:\n{log_path.read_text()}")
             line = self.proc.stdout.readline()
@@ -103,8 +132,10 @@ def server(checkpoint, tmp_path_factory):
 def observation(seed: int = 0, batch: int | None = None) -> dict:
     rng = np.random.default_rng(seed)
     lead = () if batch is None else (batch,)
-    return {keys.OBS_STATE: rng.normal(size=(*lead, STATE_DIM)).astype(np.float32),
-            SCENE: rng.integers(0, 256, size=(*lead, *IMAGE_SHAPE), dtype=np.uint8)}
+    return {
+        keys.OBS_STATE: rng.normal(size=(*lead, STATE_DIM)).astype(np.float32),
+        SCENE: rng.integers(0, 256, size=(*lead, *IMAGE_SHAPE), dtype=np.uint8),
+    }
 
 
 def in_process_actions(checkpoint: Path, obs: dict, noise: np.ndarray) -> np.ndarray:
@@ -124,16 +155,24 @@ def free_port() -> int:
 
 def openpi_python() -> Path:
     if not OPENPI_VENV_PYTHON.exists():
-        pytest.skip(f"openpi-client venv not found at {OPENPI_VENV_PYTHON} (set VLA_OPENPI_CLIENT_PYTHON or create it: "
-                    "python3.12 -m venv ~/.cache/vla-stack/openpi-client-venv && "
-                    "~/.cache/vla-stack/openpi-client-venv/bin/pip install openpi-client==0.1.2)")
+        pytest.skip(
+            f"openpi-client venv not found at {OPENPI_VENV_PYTHON} (set VLA_OPENPI_CLIENT_PYTHON or create it: "
+            "python3.12 -m venv ~/.cache/vla-stack/openpi-client-venv && "
+            "~/.cache/vla-stack/openpi-client-venv/bin/pip install openpi-client==0.1.2)"
+        )
     return OPENPI_VENV_PYTHON
 
 
 def run_openpi(script: str, stdin: str = "") -> dict:
     """Run a script in the openpi-client venv (numpy<2); it prints one JSON object."""
-    out = subprocess.run([str(openpi_python()), "-c", textwrap.dedent(script)], input=stdin, capture_output=True,
-                         text=True, timeout=120, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    out = subprocess.run(
+        [str(openpi_python()), "-c", textwrap.dedent(script)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -141,13 +180,20 @@ def run_openpi(script: str, stdin: str = "") -> dict:
 # --------------------------------------------------------------------------- wire format
 def test_wire_round_trips_arrays_scalars_and_nesting():
     arrays = {
-        "f32": np.arange(12, dtype=np.float32).reshape(3, 4), "u8": np.arange(24, dtype=np.uint8).reshape(2, 4, 3),
-        "f64_big_endian": np.array([1.5, -2.0], dtype=">f8"), "bool": np.array([True, False]),
-        "strided": np.arange(20, dtype=np.int64).reshape(4, 5)[:, ::2], "fortran": np.asfortranarray(np.eye(3)),
-        "empty": np.zeros((0, 7), np.float32), "str": np.array(["ab", "cde"]),
+        "f32": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "u8": np.arange(24, dtype=np.uint8).reshape(2, 4, 3),
+        "f64_big_endian": np.array([1.5, -2.0], dtype=">f8"),
+        "bool": np.array([True, False]),
+        "strided": np.arange(20, dtype=np.int64).reshape(4, 5)[:, ::2],
+        "fortran": np.asfortranarray(np.eye(3)),
+        "empty": np.zeros((0, 7), np.float32),
+        "str": np.array(["ab", "cde"]),
     }
-    msg = {**arrays, "nested": {"list": [np.float32(1.25), np.int64(-3), np.bool_(True)], "task": "lift", "n": 3},
-           "bytes": b"\x00\x01"}
+    msg = {
+        **arrays,
+        "nested": {"list": [np.float32(1.25), np.int64(-3), np.bool_(True)], "task": "lift", "n": 3},
+        "bytes": b"\x00\x01",
+    }
     back = unpack(pack(msg))
     for key, value in arrays.items():
         assert back[key].dtype == value.dtype and back[key].shape == value.shape, key
@@ -160,8 +206,11 @@ def test_wire_round_trips_arrays_scalars_and_nesting():
     np.testing.assert_array_equal(unpack(pack({"t": torch.arange(3)}))["t"], np.arange(3))
 
 
-@pytest.mark.parametrize("bad", [np.array([object()]), np.zeros(2, dtype="f4,i4"), np.zeros(2, np.complex64),
-                                 np.complex128(1j)], ids=["object", "structured", "complex", "complex_scalar"])
+@pytest.mark.parametrize(
+    "bad",
+    [np.array([object()]), np.zeros(2, dtype="f4,i4"), np.zeros(2, np.complex64), np.complex128(1j)],
+    ids=["object", "structured", "complex", "complex_scalar"],
+)
 def test_wire_refuses_object_void_and_complex_dtypes(bad):
     with pytest.raises(ValueError, match="unsupported dtype"):
         pack({"x": bad})
@@ -175,18 +224,31 @@ def _tagged(**fields) -> bytes:
     return msgpack.packb({"x": base})
 
 
-@pytest.mark.parametrize("data,match", [
-    (b"\xc1", "malformed"),                                  # 0xc1 is never used in msgpack
-    (pack({"x": np.zeros(8, np.float32)})[:-5], "malformed"),  # truncated
-    (pack({"a": 1}) + b"\x00", "malformed"),                 # trailing bytes
-    (_tagged(shape=[5]), "needs 20 bytes, got 16"),
-    (_tagged(shape=[-4]), "non-negative"),
-    (_tagged(dtype="|O"), "unsupported dtype"),
-    (_tagged(dtype="no-such-dtype"), "unknown dtype"),
-    (_tagged(data="text"), "must be bytes"),
-    ("a text frame", "got text"),
-], ids=["reserved_byte", "truncated", "trailing", "size_mismatch", "negative_shape", "object", "unknown_dtype",
-        "str_data", "text"])
+@pytest.mark.parametrize(
+    "data,match",
+    [
+        (b"\xc1", "malformed"),  # 0xc1 is never used in msgpack
+        (pack({"x": np.zeros(8, np.float32)})[:-5], "malformed"),  # truncated
+        (pack({"a": 1}) + b"\x00", "malformed"),  # trailing bytes
+        (_tagged(shape=[5]), "needs 20 bytes, got 16"),
+        (_tagged(shape=[-4]), "non-negative"),
+        (_tagged(dtype="|O"), "unsupported dtype"),
+        (_tagged(dtype="no-such-dtype"), "unknown dtype"),
+        (_tagged(data="text"), "must be bytes"),
+        ("a text frame", "got text"),
+    ],
+    ids=[
+        "reserved_byte",
+        "truncated",
+        "trailing",
+        "size_mismatch",
+        "negative_shape",
+        "object",
+        "unknown_dtype",
+        "str_data",
+        "text",
+    ],
+)
 def test_wire_unpack_refuses_malformed_input_clearly(data, match):
     with pytest.raises(WireError, match=match):
         unpack(data)
@@ -201,11 +263,14 @@ def test_wire_unpack_enforces_the_size_limit():
 
 def test_wire_is_byte_identical_to_openpi_msgpack_numpy():
     """openpi's packb and our pack give the same bytes, and each side decodes the other."""
-    sample = ("{'state': np.arange(5, dtype=np.float32), 'img': np.arange(48, dtype=np.uint8).reshape(4, 4, 3), "
-              "'be': np.array([1.5], dtype='>f8'), 's': np.float32(2.5), 'i': np.int64(7), 'task': 'lift', "
-              "'nested': [np.bool_(True), {'z': np.zeros((0, 2))}]}")
+    sample = (
+        "{'state': np.arange(5, dtype=np.float32), 'img': np.arange(48, dtype=np.uint8).reshape(4, 4, 3), "
+        "'be': np.array([1.5], dtype='>f8'), 's': np.float32(2.5), 'i': np.int64(7), 'task': 'lift', "
+        "'nested': [np.bool_(True), {'z': np.zeros((0, 2))}]}"
+    )
     ours = pack(eval(sample, {"np": np}))
-    result = run_openpi(f"""
+    result = run_openpi(
+        f"""
         import json, sys
         import numpy as np
         from openpi_client import msgpack_numpy
@@ -214,7 +279,9 @@ def test_wire_is_byte_identical_to_openpi_msgpack_numpy():
         print(json.dumps({{"hex": theirs.hex(), "img": decoded["img"].tolist(), "img_dtype": str(decoded["img"].dtype),
                           "s": [float(decoded["s"]), type(decoded["s"]).__name__], "be": str(decoded["be"].dtype),
                           "numpy": np.__version__}}))
-    """, stdin=ours.hex())
+    """,
+        stdin=ours.hex(),
+    )
     assert result["numpy"].startswith("1."), "the openpi venv runs numpy<2, the other side of the wire"
     assert bytes.fromhex(result["hex"]) == ours
     assert result["img"] == np.arange(48).reshape(4, 4, 3).tolist() and result["img_dtype"] == "uint8"
@@ -229,10 +296,17 @@ def test_serve_verb_builds_its_config_from_flags(tmp_path):
     from vla.cli.args import config_from_args
     from vla.cli.main import build_parser, main
 
-    args = build_parser().parse_args(["serve", "--policy", "ck", "--port", "9000", "--api-key", "k", "--no-warmup",
-                                      "--device", "cuda"])
+    args = build_parser().parse_args(
+        ["serve", "--policy", "ck", "--port", "9000", "--api-key", "k", "--no-warmup", "--device", "cuda"]
+    )
     config = config_from_args(ServeConfig, args)
-    assert (config.policy, config.port, config.api_key, config.warmup, config.device) == ("ck", 9000, "k", False, "cuda")
+    assert (config.policy, config.port, config.api_key, config.warmup, config.device) == (
+        "ck",
+        9000,
+        "k",
+        False,
+        "cuda",
+    )
     assert config.max_message_bytes == 16 * 1024 * 1024 and config.host == "0.0.0.0"
     with pytest.raises(ValueError, match="port must be in"):
         ServeConfig(port=70000)
@@ -248,8 +322,10 @@ def test_metadata_handshake_describes_the_policy(server):
         assert meta["server"] == "vla" and meta["protocol"] == "openpi-msgpack-numpy" and meta["server_version"]
         assert (meta["action_dim"], meta["chunk_size"], meta["n_action_steps"]) == (A, H, 2)
         assert (meta["head"], meta["inference_steps"]) == ("flow_matching", 10)
-        assert meta["features"] == {keys.OBS_STATE: {"shape": [STATE_DIM], "dtype": "float32"},
-                                    SCENE: {"shape": list(IMAGE_SHAPE), "dtype": "uint8"}}
+        assert meta["features"] == {
+            keys.OBS_STATE: {"shape": [STATE_DIM], "dtype": "float32"},
+            SCENE: {"shape": list(IMAGE_SHAPE), "dtype": "uint8"},
+        }
         assert meta["max_message_bytes"] == LIMIT and other.metadata == meta
         # two clients at once are both served
         assert client.infer(observation())["actions"].shape == other.infer(observation())["actions"].shape == (H, A)
@@ -285,11 +361,15 @@ def test_bad_requests_get_error_replies_and_the_connection_keeps_serving(server)
         "malformed msgpack": (b"\xc1\x00garbage", "malformed msgpack"),
         "text frame": ("hello", "got text"),
         "oversized": (pack({**observation(), "padding": b"x" * LIMIT}), f"exceeds the limit of {LIMIT} bytes"),
-        "wrong-shaped image": (pack({keys.OBS_STATE: state, SCENE: np.zeros((8, 16, 3), np.uint8)}),
-                               "observation.images.scene must have shape (16, 16, 3)"),
+        "wrong-shaped image": (
+            pack({keys.OBS_STATE: state, SCENE: np.zeros((8, 16, 3), np.uint8)}),
+            "observation.images.scene must have shape (16, 16, 3)",
+        ),
         "float image": (pack({keys.OBS_STATE: state, SCENE: image.astype(np.float32)}), "must be uint8"),
-        "NaN state": (pack({keys.OBS_STATE: np.full(STATE_DIM, np.nan, np.float32), SCENE: image}),
-                      "observation.state contains NaN"),
+        "NaN state": (
+            pack({keys.OBS_STATE: np.full(STATE_DIM, np.nan, np.float32), SCENE: image}),
+            "observation.state contains NaN",
+        ),
         "missing feature": (pack({keys.OBS_STATE: state}), "observation lacks ['observation.images.scene']"),
         "not a map": (pack([1, 2, 3]), "must be a map"),
         "mixed batching": (pack({keys.OBS_STATE: state[None].repeat(2, 0), SCENE: image}), "mix batched"),

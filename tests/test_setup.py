@@ -27,8 +27,10 @@ FULL = os.environ.get("VLA_FULL") == "1"
 def run_functions(script: str, cache: Path, venv: Path) -> subprocess.CompletedProcess:
     """Source the set-up with VLA_SETUP_FUNCTIONS_ONLY=1 (defines its functions, installs
     nothing) under the script's own `set -euo pipefail`, then run ``script``."""
-    prologue = (f'VLA_SETUP_FUNCTIONS_ONLY=1 source "{SETUP}"; CACHE_DIR="{cache}"; VENV="{venv}"; '
-                f'OPENPI="{cache}/openpi-client-venv"; LINT="{cache}/lint-venv"; LVP_DIR="{cache}/lavapipe"; ')
+    prologue = (
+        f'VLA_SETUP_FUNCTIONS_ONLY=1 source "{SETUP}"; CACHE_DIR="{cache}"; VENV="{venv}"; '
+        f'OPENPI="{cache}/openpi-client-venv"; LINT="{cache}/lint-venv"; LVP_DIR="{cache}/lavapipe"; '
+    )
     return subprocess.run(["bash", "-c", prologue + script], capture_output=True, text=True, timeout=60)
 
 
@@ -61,7 +63,9 @@ def test_exports_put_this_clone_first_and_evaluate_cleanly(tmp_path):
     result = run_functions(
         'PYTHONPATH=/elsewhere; eval "$(print_exports)"; '
         'echo "$PYTHONPATH"; echo "$VIRTUAL_ENV"; echo "${PATH%%:*}"; echo "$OMP_WAIT_POLICY"; echo "$HF_HUB_OFFLINE"',
-        tmp_path, venv)
+        tmp_path,
+        venv,
+    )
     assert result.returncode == 0, result.stderr
     pythonpath, virtual_env, first_path, wait_policy, offline = result.stdout.split("\n")[:5]
     assert pythonpath == f"{REPO}:/elsewhere"
@@ -74,7 +78,9 @@ def test_make_stops_with_the_setup_error(tmp_path):
     fake = tmp_path / "repo"
     (fake / "scripts").mkdir(parents=True)
     shutil.copy(REPO / "Makefile", fake / "Makefile")
-    (fake / "scripts" / "setup_env.sh").write_text('echo "[setup] ERROR: no Python 3.12 here" >&2; echo "export X=1"; exit 3\n')
+    (fake / "scripts" / "setup_env.sh").write_text(
+        'echo "[setup] ERROR: no Python 3.12 here" >&2; echo "export X=1"; exit 3\n'
+    )
     (fake / "scripts" / "build_ros2_ws.sh").write_text('echo "[ros2_ws] should not run" >&2\n')
     result = subprocess.run(["make", "-C", str(fake), "setup"], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
@@ -93,9 +99,11 @@ def _clone(tmp_path: Path, name: str, marker: str) -> Path:
 
 
 def _imports_from(clone: Path) -> subprocess.Popen:
-    script = (f'set -e; cd "{clone}"; out="$(bash scripts/setup_env.sh)"; eval "$out"; cd /; '
-              'python -c "import vla, vla._clone_marker as m; print(vla.__file__); print(m.MARKER)"; '
-              'vla --help >/dev/null && echo "vla ok"')
+    script = (
+        f'set -e; cd "{clone}"; out="$(bash scripts/setup_env.sh)"; eval "$out"; cd /; '
+        'python -c "import vla, vla._clone_marker as m; print(vla.__file__); print(m.MARKER)"; '
+        'vla --help >/dev/null && echo "vla ok"'
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     return subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
@@ -124,8 +132,10 @@ def test_full_setup_into_an_empty_cache(tmp_path):
     cache = tmp_path / "cache"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "VLA_VENV")}
     env["VLA_CACHE_DIR"] = str(cache)
-    script = (f'set -e; cd "{REPO}"; out="$(bash scripts/setup_env.sh)"; eval "$out"; '
-              'ros="$(bash scripts/build_ros2_ws.sh)"; eval "$ros"; cd /; vla --help')
+    script = (
+        f'set -e; cd "{REPO}"; out="$(bash scripts/setup_env.sh)"; eval "$out"; '
+        'ros="$(bash scripts/build_ros2_ws.sh)"; eval "$ros"; cd /; vla --help'
+    )
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=3600)
     assert result.returncode == 0, result.stderr[-5000:]
     assert "usage: vla" in result.stdout

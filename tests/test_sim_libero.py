@@ -11,9 +11,12 @@ import pytest
 
 pytest.importorskip("libero.libero")
 
-from sim import libero  # noqa: E402
+from sim import (  # noqa: E402
+    SUITES,
+    libero,  # noqa: E402
+    make_env,
+)
 from sim.core import EnvConfig  # noqa: E402
-from sim import SUITES, make_env  # noqa: E402
 from vla import keys  # noqa: E402
 from vla.registry import UnknownNameError  # noqa: E402
 
@@ -56,7 +59,9 @@ def test_state_mode_steps_determinism_and_render():
         assert spec.cameras == () and spec.instruction == libero.task_instruction(SPATIAL_0)
         first = env.reset(7)
         assert first[keys.OBS_STATE].shape == (16,) and first[keys.OBS_STATE].dtype == np.float32
-        assert first[keys.OBS_ENV_STATE].shape == (spec.env_state_dim,) and first[keys.OBS_ENV_STATE].dtype == np.float32
+        assert (
+            first[keys.OBS_ENV_STATE].shape == (spec.env_state_dim,) and first[keys.OBS_ENV_STATE].dtype == np.float32
+        )
         assert not any(k.startswith(keys.OBS_IMAGE_PREFIX) for k in first)
         rng = np.random.default_rng(0)
         for _ in range(3):

@@ -7,8 +7,8 @@ import pytest
 
 pytest.importorskip("metaworld")
 
-from sim.core import EnvConfig  # noqa: E402
 from sim import SUITES, make_env  # noqa: E402
+from sim.core import EnvConfig  # noqa: E402
 from vla import keys  # noqa: E402
 from vla.registry import UnknownNameError  # noqa: E402
 
@@ -41,7 +41,7 @@ def test_state_mode_steps_and_render():
         np.testing.assert_array_equal(obs[keys.OBS_STATE], obs[keys.OBS_ENV_STATE][:, :4])
         assert obs[keys.TASK] == ["pick up the puck and place it at the goal"]
         assert not any(k.startswith(keys.OBS_IMAGE_PREFIX) for k in obs)
-        for step in range(5):
+        for _step in range(5):
             obs, reward, terminated, truncated, info = env.step(np.full((1, 4), 0.5, np.float32))
             assert reward.shape == (1,) and np.isfinite(reward).all()
         assert truncated[0] and info["episode"][0]["length"] == 5  # the horizon override holds

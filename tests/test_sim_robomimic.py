@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import scale
+
 from sim import make_env
 from vla import keys
 
@@ -55,8 +55,15 @@ def test_scripted_expert_succeeds(task):
 
 
 def test_joint_target_controller_reaches_absolute_targets_and_lists_controllers():
-    env = make_env("robomimic/Lift", num_envs=1, obs_mode="state", seed=0, vectorization="sync",
-                   controller="JOINT_TARGET", max_joint_step=0.05)
+    env = make_env(
+        "robomimic/Lift",
+        num_envs=1,
+        obs_mode="state",
+        seed=0,
+        vectorization="sync",
+        controller="JOINT_TARGET",
+        max_joint_step=0.05,
+    )
     try:
         assert env.spec.action_dim == 8 and env.spec.extra["controller"] == "JOINT_TARGET"
         low, high = np.array(env.spec.action_low), np.array(env.spec.action_high)
@@ -90,8 +97,17 @@ def test_collect_labels_joint_targets_with_the_next_joint_positions(tmp_path):
     from vla.datasets.lerobot_io import load_dataset
 
     out = tmp_path / "lift_joint"
-    result = collect(CollectConfig(env="robomimic/Lift", episodes=1, out=out, num_envs=1, obs_mode="state",
-                                   action_label="joint_target", vectorization="sync"))
+    result = collect(
+        CollectConfig(
+            env="robomimic/Lift",
+            episodes=1,
+            out=out,
+            num_envs=1,
+            obs_mode="state",
+            action_label="joint_target",
+            vectorization="sync",
+        )
+    )
     assert result.written == 1
     data = load_dataset(out)
     state = np.stack([np.asarray(data[i][keys.OBS_STATE]) for i in range(len(data))])

@@ -43,8 +43,12 @@ class ObservationSpec:
         return cls(
             vectors={k: int(cfg.feature_shapes[k][0]) for k in cfg.vector_features},
             images={k: tuple(int(n) for n in cfg.feature_shapes[k]) for k in cfg.image_features},  # type: ignore[misc]
-            language=bool(cfg.use_language), chunk_size=int(cfg.chunk_size), action_dim=int(cfg.action_dim),
-            n_action_steps=int(cfg.n_action_steps), inference_steps=int(cfg.inference_steps), head=str(cfg.head),
+            language=bool(cfg.use_language),
+            chunk_size=int(cfg.chunk_size),
+            action_dim=int(cfg.action_dim),
+            n_action_steps=int(cfg.n_action_steps),
+            inference_steps=int(cfg.inference_steps),
+            head=str(cfg.head),
         )
 
     @classmethod
@@ -55,8 +59,10 @@ class ObservationSpec:
             vectors={k: int(v["shape"][0]) for k, v in features.items() if v["dtype"] == "float32"},
             images={k: tuple(int(n) for n in v["shape"]) for k, v in features.items() if v["dtype"] == "uint8"},  # type: ignore[misc]
             language=bool(metadata.get("use_language", keys.TASK in features)),
-            chunk_size=int(metadata["chunk_size"]), action_dim=int(metadata["action_dim"]),
-            n_action_steps=int(metadata["n_action_steps"]), inference_steps=int(metadata["inference_steps"]),
+            chunk_size=int(metadata["chunk_size"]),
+            action_dim=int(metadata["action_dim"]),
+            n_action_steps=int(metadata["n_action_steps"]),
+            inference_steps=int(metadata["inference_steps"]),
             head=str(metadata["head"]),
         )
 
@@ -74,12 +80,18 @@ class ObservationSpec:
             features[keys.TASK] = {"shape": [], "dtype": "str"}
         chunk = [self.chunk_size, self.action_dim]
         return {
-            "head": self.head, "action_dim": self.action_dim, "chunk_size": self.chunk_size,
-            "n_action_steps": self.n_action_steps, "inference_steps": self.inference_steps,
-            "use_language": self.language, "features": features,
+            "head": self.head,
+            "action_dim": self.action_dim,
+            "chunk_size": self.chunk_size,
+            "n_action_steps": self.n_action_steps,
+            "inference_steps": self.inference_steps,
+            "use_language": self.language,
+            "features": features,
             "actions": {"shape": chunk, "dtype": "float32"},
-            "optional_inputs": {NOISE: {"shape": chunk, "dtype": "float32"},
-                                PROMPT: {"shape": [], "dtype": "str", "alias_of": keys.TASK}},
+            "optional_inputs": {
+                NOISE: {"shape": chunk, "dtype": "float32"},
+                PROMPT: {"shape": [], "dtype": "str", "alias_of": keys.TASK},
+            },
         }
 
     def example(self, batch_size: int | None = None, image_value: int = 0, instruction: str = "") -> dict[str, Any]:
@@ -108,10 +120,14 @@ class ObservationSpec:
         if isinstance(task, str):
             return [task] * batch_size
         if not isinstance(task, (list, tuple)) or len(task) != batch_size or not all(isinstance(t, str) for t in task):
-            raise ObservationError(f"'task' must be a str (or a list of {batch_size} str when batched), got {task!r:.80}")
+            raise ObservationError(
+                f"'task' must be a str (or a list of {batch_size} str when batched), got {task!r:.80}"
+            )
         return list(task)
 
-    def to_batch(self, obs: Any, allow_batched: bool = True, allow_unbatched: bool = True) -> tuple[dict[str, Any], int, bool]:
+    def to_batch(
+        self, obs: Any, allow_batched: bool = True, allow_unbatched: bool = True
+    ) -> tuple[dict[str, Any], int, bool]:
         """Validate a numpy observation from outside the process (a client, a robot) and return
         ``(batched observation, batch size, whether it came batched)``.
 
@@ -138,16 +154,22 @@ class ObservationSpec:
                 batched_flags.add(True)
             else:
                 batched_form = "(B, " + ", ".join(map(str, shape)) + ")"
-                forms = {(True, True): f"{shape} (or {batched_form} batched)", (True, False): str(shape),
-                         (False, True): batched_form}[(allow_unbatched, allow_batched)]
-                raise ObservationError(f"{key} must have shape {forms}, got {arr.shape} (the policy was trained on {shape})")
+                forms = {
+                    (True, True): f"{shape} (or {batched_form} batched)",
+                    (True, False): str(shape),
+                    (False, True): batched_form,
+                }[(allow_unbatched, allow_batched)]
+                raise ObservationError(
+                    f"{key} must have shape {forms}, got {arr.shape} (the policy was trained on {shape})"
+                )
             if arr.dtype.kind == "f" and not np.isfinite(arr).all():
                 raise ObservationError(f"{key} contains NaN or inf")
             arrays[key] = arr.astype(np.float32) if key in self.vectors else arr
             batch_sizes.add(arr.shape[0])
         if len(batched_flags) > 1 or len(batch_sizes) > 1:
-            raise ObservationError(f"features mix batched and unbatched arrays or batch sizes: "
-                                   f"{ {k: a.shape for k, a in arrays.items()} }")
+            raise ObservationError(
+                f"features mix batched and unbatched arrays or batch sizes: { {k: a.shape for k, a in arrays.items()} }"
+            )
         batched, b = batched_flags.pop(), batch_sizes.pop()
         if self.language:
             arrays[keys.TASK] = self._instruction(obs, b if batched else None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterator
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -16,7 +16,7 @@ class UnknownNameError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class Registry(Generic[T]):
+class Registry[T]:
     def __init__(self, kind: str):
         self.kind = kind
         self._items: dict[str, T] = {}

@@ -24,7 +24,11 @@ def tile_frames(views: Sequence[np.ndarray], columns: int | None = None) -> np.n
     for k, view in enumerate(views):
         r, c = divmod(k, columns)
         # a shorter view holds its last frame (an episode that ended early)
-        padded = np.concatenate([view, np.repeat(view[-1:], length - view.shape[0], axis=0)]) if view.shape[0] < length else view
+        padded = (
+            np.concatenate([view, np.repeat(view[-1:], length - view.shape[0], axis=0)])
+            if view.shape[0] < length
+            else view
+        )
         canvas[:, r * height : r * height + view.shape[1], c * width : c * width + view.shape[2]] = padded
     return canvas
 
@@ -45,6 +49,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int, min_size: int = 
     path.parent.mkdir(parents=True, exist_ok=True)
     # ffmpeg at "error": its info lines ("[mp4 @ ...] Starting second pass") would cut through
     # the progress bar of a long collection or evaluation.
-    imageio.mimwrite(path, list(frames), fps=fps, codec="libx264", quality=8, macro_block_size=1,
-                     ffmpeg_log_level="error")
+    imageio.mimwrite(
+        path, list(frames), fps=fps, codec="libx264", quality=8, macro_block_size=1, ffmpeg_log_level="error"
+    )
     return path

@@ -77,23 +77,23 @@ class JointLimits:
 FR3 = JointLimits(
     robot="fr3",
     joint_names=tuple(f"fr3_joint{i}" for i in range(1, 8)),
-    q_min=(-2.7437, -1.7837, -2.9007, -3.0421, -2.8065, 0.5445, -3.0159),
-    q_max=(2.7437, 1.7837, 2.9007, -0.1518, 2.8065, 4.5169, 3.0159),
-    dq_max=(2.62, 2.62, 2.62, 2.62, 5.26, 4.18, 5.26),
-    ddq_max=(10.0,) * 7,
-    jerk_max=(5000.0,) * 7,
-    home=HOME,
+    q_min=(-2.7437, -1.7837, -2.9007, -3.0421, -2.8065, 0.5445, -3.0159),  # type: ignore[arg-type]  # __post_init__ makes arrays
+    q_max=(2.7437, 1.7837, 2.9007, -0.1518, 2.8065, 4.5169, 3.0159),  # type: ignore[arg-type]  # __post_init__ makes arrays
+    dq_max=(2.62, 2.62, 2.62, 2.62, 5.26, 4.18, 5.26),  # type: ignore[arg-type]  # __post_init__ makes arrays
+    ddq_max=(10.0,) * 7,  # type: ignore[arg-type]  # __post_init__ makes arrays
+    jerk_max=(5000.0,) * 7,  # type: ignore[arg-type]  # __post_init__ makes arrays
+    home=HOME,  # type: ignore[arg-type]  # __post_init__ makes arrays
 )
 
 PANDA = JointLimits(
     robot="panda",
     joint_names=tuple(f"fer_joint{i}" for i in range(1, 8)),
-    q_min=(-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973),
-    q_max=(2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973),
-    dq_max=(2.175, 2.175, 2.175, 2.175, 2.61, 2.61, 2.61),
-    ddq_max=(15.0, 7.5, 10.0, 12.5, 15.0, 20.0, 20.0),
-    jerk_max=(7500.0, 3750.0, 5000.0, 6250.0, 7500.0, 10000.0, 10000.0),
-    home=HOME,
+    q_min=(-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973),  # type: ignore[arg-type]  # __post_init__ makes arrays
+    q_max=(2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973),  # type: ignore[arg-type]  # __post_init__ makes arrays
+    dq_max=(2.175, 2.175, 2.175, 2.175, 2.61, 2.61, 2.61),  # type: ignore[arg-type]  # __post_init__ makes arrays
+    ddq_max=(15.0, 7.5, 10.0, 12.5, 15.0, 20.0, 20.0),  # type: ignore[arg-type]  # __post_init__ makes arrays
+    jerk_max=(7500.0, 3750.0, 5000.0, 6250.0, 7500.0, 10000.0, 10000.0),  # type: ignore[arg-type]  # __post_init__ makes arrays
+    home=HOME,  # type: ignore[arg-type]  # __post_init__ makes arrays
 )
 
 ROBOTS: Registry[JointLimits] = Registry("robot")

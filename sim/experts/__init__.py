@@ -63,7 +63,11 @@ def make_expert(env_name: str) -> Expert:
     experts = importlib.import_module(module).EXPERTS if module else {}
     factory = experts.get(task) if task in experts else experts.get("*")
     if factory is None:
-        hint = " LIBERO has no scripted experts: import its public LeRobot datasets (see README)." if suite == "libero" else ""
+        hint = (
+            " LIBERO has no scripted experts: import its public LeRobot datasets (see README)."
+            if suite == "libero"
+            else ""
+        )
         raise UnknownNameError(
             f"no scripted expert for {env_name!r}.{hint} Experts exist for: {', '.join(available_experts())}"
         )

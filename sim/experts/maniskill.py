@@ -327,6 +327,7 @@ class PegInsertionSideExpert(_PandaExpert):
         tcp_p, tcp_r = self._tcp_target_for_peg(env, want_p, hole_r)
         return self.servo(env, tcp_p + correction, tcp_r, CLOSE, max_pos=0.25)
 
+
 EXPERTS = {
     "PickCube-v1": PickCubeExpert,
     "PushCube-v1": PushCubeExpert,

@@ -24,14 +24,16 @@ from vla import keys
 class BenchPolicyConfig:
     policies: tuple[Path, ...] = field(default=(), metadata={"help": "checkpoint directories"})
     nfe: tuple[int, ...] = field(default=(), metadata={"help": "NFE values to sweep (default: each policy's own)"})
-    peers: tuple[str, ...] = field(default=("diffusion_ddpm", "diffusion_ddim10", "act"),
-                                   metadata={"help": "LeRobot peers to time (none: only ours)"})
+    peers: tuple[str, ...] = field(
+        default=("diffusion_ddpm", "diffusion_ddim10", "act"),
+        metadata={"help": "LeRobot peers to time (none: only ours)"},
+    )
     warmup: int = field(default=3, metadata={"help": "untimed calls per entry first"})
     rounds: int = field(default=10, metadata={"help": "interleaved rounds"})
-    calls_per_round: int = 2
+    calls_per_round: int = field(default=2, metadata={"help": "timed calls per entry in each round"})
     threads: int = field(default=2, metadata={"help": "torch CPU threads"})
-    seed: int = 0
-    out: str | None = None
+    seed: int = field(default=0, metadata={"help": "seed of the example observation and the noise"})
+    out: str | None = field(default=None, metadata={"help": "write the rows as JSON here"})
 
 
 def example_observation(policy, seed: int = 0) -> dict:
@@ -87,8 +89,12 @@ def lerobot_peers(template, names: tuple[str, ...]) -> list[tuple[str, Callable[
     peers = []
     variants = {
         "diffusion_ddpm": ("lerobot diffusion (DDPM, default steps)", DiffusionConfig, DiffusionPolicy, {}),
-        "diffusion_ddim10": ("lerobot diffusion (DDIM, 10 steps)", DiffusionConfig, DiffusionPolicy,
-                             {"noise_scheduler_type": "DDIM", "num_inference_steps": 10}),
+        "diffusion_ddim10": (
+            "lerobot diffusion (DDIM, 10 steps)",
+            DiffusionConfig,
+            DiffusionPolicy,
+            {"noise_scheduler_type": "DDIM", "num_inference_steps": 10},
+        ),
         "act": ("lerobot ACT", ACTConfig, ACTPolicy, {}),
     }
     unknown = [n for n in names if n not in variants and n != "none"]
@@ -107,8 +113,11 @@ def lerobot_peers(template, names: tuple[str, ...]) -> list[tuple[str, Callable[
         config = config_cls(**kwargs)
         policy = policy_cls(config).eval()
         steps = getattr(config, "num_inference_steps", None) or getattr(config, "num_train_timesteps", None)
-        meta = {"head": config_cls.__name__.replace("Config", "").lower(), "nfe": steps if config_cls is DiffusionConfig else 1,
-                "params": _params(policy)}
+        meta = {
+            "head": config_cls.__name__.replace("Config", "").lower(),
+            "nfe": steps if config_cls is DiffusionConfig else 1,
+            "params": _params(policy),
+        }
 
         def call(policy=policy):
             # reset + select_action: LeRobot fills its observation queue and predicts a fresh chunk
@@ -146,13 +155,19 @@ def run_bench_policy(config: BenchPolicyConfig) -> list[dict]:
     rows = []
     for (label, _, meta), samples in zip(entries, times, strict=True):
         ms = np.asarray(samples) * 1e3
-        rows.append({"policy": label, **meta, "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))})
+        rows.append(
+            {"policy": label, **meta, "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+        )
     reference = rows[0]["p50_ms"]
-    print(f"batch 1, {config.threads} threads, {config.rounds} interleaved rounds x {config.calls_per_round} calls; "
-          f"speed-up relative to the first row")
+    print(
+        f"batch 1, {config.threads} threads, {config.rounds} interleaved rounds x {config.calls_per_round} calls; "
+        f"speed-up relative to the first row"
+    )
     print("| policy | NFE | params | p50 ms | p99 ms | p50 vs first |\n|---|---|---|---|---|---|")
     for row in rows:
         row["relative_to_first"] = row["p50_ms"] / reference
-        print(f"| {row['policy']} | {row['nfe']} | {row['params'] / 1e6:.2f}M | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
-              f"{row['relative_to_first']:.2f}x |")
+        print(
+            f"| {row['policy']} | {row['nfe']} | {row['params'] / 1e6:.2f}M | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
+            f"{row['relative_to_first']:.2f}x |"
+        )
     return rows

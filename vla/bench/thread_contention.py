@@ -26,14 +26,19 @@ from vla.threads import ROLE_DEFAULTS, cpu_count
 
 @dataclass
 class BenchThreadsConfig:
-    dataset: Path = field(default=Path("data/demo/dataset"), metadata={"help": "LeRobot dataset to train on (make demo writes this one)"})
-    checkpoint: Path = field(default=Path("data/demo/train/checkpoints/last"),
-                             metadata={"help": "policy the competing `vla eval` runs"})
+    dataset: Path = field(
+        default=Path("data/demo/dataset"), metadata={"help": "LeRobot dataset to train on (make demo writes this one)"}
+    )
+    checkpoint: Path = field(
+        default=Path("data/demo/train/checkpoints/last"), metadata={"help": "policy the competing `vla eval` runs"}
+    )
     env: str = field(default="robomimic/Lift", metadata={"help": "the competing evaluation's task"})
     steps: int = field(default=300, metadata={"help": "training steps per measurement"})
     batch_size: int = field(default=256, metadata={"help": "training batch size"})
-    vector_features: tuple[str, ...] = field(default=("observation.state", "observation.environment_state"),
-                                             metadata={"help": "the policy's vector inputs (the demo's state recipe)"})
+    vector_features: tuple[str, ...] = field(
+        default=("observation.state", "observation.environment_state"),
+        metadata={"help": "the policy's vector inputs (the demo's state recipe)"},
+    )
     timeout_s: float = field(default=900.0, metadata={"help": "per measurement"})
     out: str | None = field(default=None, metadata={"help": "write the rows as JSON here"})
 
@@ -52,17 +57,52 @@ def _env(budgeted: bool) -> dict[str, str]:
 
 
 def _competitor(config: BenchThreadsConfig, out: Path, env: dict[str, str]) -> subprocess.Popen:
-    command = [sys.executable, "-m", "vla.cli.main", "eval", "--policy", str(config.checkpoint), "--env", config.env,
-               "--episodes", "100000", "--num-envs", "2", "--videos", "0", "--out", str(out)]
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    command = [
+        sys.executable,
+        "-m",
+        "vla.cli.main",
+        "eval",
+        "--policy",
+        str(config.checkpoint),
+        "--env",
+        config.env,
+        "--episodes",
+        "100000",
+        "--num-envs",
+        "2",
+        "--videos",
+        "0",
+        "--out",
+        str(out),
+    ]
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
 
 
 def _train(config: BenchThreadsConfig, out: Path, env: dict[str, str]) -> dict:
-    command = [sys.executable, "-m", "vla.cli.main", "train", "--dataset", str(config.dataset), "--out", str(out),
-               "--steps", str(config.steps), "--batch-size", str(config.batch_size), "--save-every", str(config.steps),
-               "--log-every", str(config.steps), "--warmup-steps", "1",
-               "--policy.vector-features", *config.vector_features]
+    command = [
+        sys.executable,
+        "-m",
+        "vla.cli.main",
+        "train",
+        "--dataset",
+        str(config.dataset),
+        "--out",
+        str(out),
+        "--steps",
+        str(config.steps),
+        "--batch-size",
+        str(config.batch_size),
+        "--save-every",
+        str(config.steps),
+        "--log-every",
+        str(config.steps),
+        "--warmup-steps",
+        "1",
+        "--policy.vector-features",
+        *config.vector_features,
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=config.timeout_s)
     if result.returncode != 0:
         raise RuntimeError(f"vla train failed ({result.returncode}):\n{result.stderr[-3000:]}")
@@ -80,10 +120,15 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def run_bench_threads(config: BenchThreadsConfig) -> list[dict]:
-    for path, what in ((config.dataset / "meta" / "info.json", "dataset"), (config.checkpoint / "config.json", "checkpoint")):
+    for path, what in (
+        (config.dataset / "meta" / "info.json", "dataset"),
+        (config.checkpoint / "config.json", "checkpoint"),
+    ):
         if not path.exists():
-            raise FileNotFoundError(f"{what} {path.parent if what == 'dataset' else config.checkpoint} not found "
-                                    "(`make demo` writes the default ones)")
+            raise FileNotFoundError(
+                f"{what} {path.parent if what == 'dataset' else config.checkpoint} not found "
+                "(`make demo` writes the default ones)"
+            )
     rows = []
     with tempfile.TemporaryDirectory(prefix="vla-bench-threads-") as tmp:
         for budgeted in (True, False):
@@ -91,23 +136,36 @@ def run_bench_threads(config: BenchThreadsConfig) -> list[dict]:
             env = _env(budgeted)
             for beside_eval in (False, True):
                 run = Path(tmp) / f"{int(budgeted)}{int(beside_eval)}"
-                print(f"  {label}, {'beside vla eval' if beside_eval else 'alone'}: {config.steps} steps ...", flush=True)
+                print(
+                    f"  {label}, {'beside vla eval' if beside_eval else 'alone'}: {config.steps} steps ...", flush=True
+                )
                 competitor = _competitor(config, run / "eval", env) if beside_eval else None
                 try:
                     if competitor is not None:
                         time.sleep(15)  # let it load and reach its rollout loop
                         if competitor.poll() is not None:
-                            raise RuntimeError(f"the competing vla eval exited early:\n{competitor.stderr.read()[-3000:]}")
+                            raise RuntimeError(
+                                f"the competing vla eval exited early:\n{competitor.stderr.read()[-3000:]}"
+                            )
                     summary = _train(config, run / "train", env)
                 finally:
                     if competitor is not None:
                         _stop(competitor)
-                rows.append({"threads": label, "beside_eval": beside_eval, "steps_per_s": summary["steps_per_s"],
-                             "trainer_threads": summary["threads"], "cores": cpu_count()})
+                rows.append(
+                    {
+                        "threads": label,
+                        "beside_eval": beside_eval,
+                        "steps_per_s": summary["steps_per_s"],
+                        "trainer_threads": summary["threads"],
+                        "cores": cpu_count(),
+                    }
+                )
     print(f"\nvla train steps/s on {config.dataset.name} (batch {config.batch_size}), {cpu_count()} cores")
     print(f"{'threads':<28}{'alone':>10}{'beside eval':>14}{'kept':>8}")
     for label in dict.fromkeys(r["threads"] for r in rows):
-        alone, beside = (next(r["steps_per_s"] for r in rows if r["threads"] == label and r["beside_eval"] is b)
-                         for b in (False, True))
+        alone, beside = (
+            next(r["steps_per_s"] for r in rows if r["threads"] == label and r["beside_eval"] is b)
+            for b in (False, True)
+        )
         print(f"{label:<28}{alone:>10.1f}{beside:>14.1f}{beside / alone:>7.0%}")
     return rows

@@ -17,35 +17,77 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-OUR_IMAGE_POLICY = ("--policy.vector-features", "observation.state",
-                    "--policy.image-features", "observation.images.scene", "observation.images.wrist",
-                    "--policy.use-language", "--policy.d-model", "64", "--policy.n-expert-layers", "2")
+OUR_IMAGE_POLICY = (
+    "--policy.vector-features",
+    "observation.state",
+    "--policy.image-features",
+    "observation.images.scene",
+    "observation.images.wrist",
+    "--policy.use-language",
+    "--policy.d-model",
+    "64",
+    "--policy.n-expert-layers",
+    "2",
+)
 
 
 @dataclass
 class BenchTrainConfig:
     dataset: Path = field(default=Path("data/datasets/lift100"), metadata={"help": "local LeRobot v3 dataset"})
-    batch_size: int = 8
+    batch_size: int = field(default=8, metadata={"help": "batch size of every trainer"})
     steps: tuple[int, int] = field(default=(10, 40), metadata={"help": "short and long run lengths"})
-    heads: tuple[str, ...] = field(default=("meanflow", "flow_matching"), metadata={"help": "our heads (image + language config)"})
+    heads: tuple[str, ...] = field(
+        default=("meanflow", "flow_matching"), metadata={"help": "our heads (image + language config)"}
+    )
     peers: tuple[str, ...] = field(default=("act", "diffusion"), metadata={"help": "lerobot-train policy types"})
-    timeout_s: float = 900.0
-    out: str | None = None
+    timeout_s: float = field(default=900.0, metadata={"help": "per training run"})
+    out: str | None = field(default=None, metadata={"help": "write the rows as JSON here"})
 
 
 def _ours(head: str, dataset: Path, batch: int, steps: int, out: Path) -> list[str]:
-    return [sys.executable, "-m", "vla.cli.main", "train", "--dataset", str(dataset), "--out", str(out),
-            "--steps", str(steps), "--batch-size", str(batch), "--save-every", str(steps), "--log-every", str(steps),
-            "--warmup-steps", "1", "--policy.head", head, *OUR_IMAGE_POLICY]
+    return [
+        sys.executable,
+        "-m",
+        "vla.cli.main",
+        "train",
+        "--dataset",
+        str(dataset),
+        "--out",
+        str(out),
+        "--steps",
+        str(steps),
+        "--batch-size",
+        str(batch),
+        "--save-every",
+        str(steps),
+        "--log-every",
+        str(steps),
+        "--warmup-steps",
+        "1",
+        "--policy.head",
+        head,
+        *OUR_IMAGE_POLICY,
+    ]
 
 
 def _lerobot(policy_type: str, dataset: Path, batch: int, steps: int, out: Path) -> list[str]:
     lerobot_train = shutil.which("lerobot-train") or str(Path(sys.executable).parent / "lerobot-train")
-    return [lerobot_train, f"--dataset.repo_id=local/{dataset.name}", f"--dataset.root={dataset}",
-            f"--policy.type={policy_type}", "--policy.device=cpu", "--policy.push_to_hub=false",
-            "--policy.pretrained_backbone_weights=null", f"--steps={steps}", f"--batch_size={batch}",
-            "--wandb.enable=false", f"--output_dir={out}", "--save_checkpoint=false", f"--log_freq={steps}",
-            "--num_workers=1"]
+    return [
+        lerobot_train,
+        f"--dataset.repo_id=local/{dataset.name}",
+        f"--dataset.root={dataset}",
+        f"--policy.type={policy_type}",
+        "--policy.device=cpu",
+        "--policy.push_to_hub=false",
+        "--policy.pretrained_backbone_weights=null",
+        f"--steps={steps}",
+        f"--batch_size={batch}",
+        "--wandb.enable=false",
+        f"--output_dir={out}",
+        "--save_checkpoint=false",
+        f"--log_freq={steps}",
+        "--num_workers=1",
+    ]
 
 
 def _timed(command: list[str], timeout_s: float) -> float:
@@ -76,13 +118,21 @@ def run_bench_train(config: BenchTrainConfig) -> list[dict]:
     rows = []
     for name, t in times.items():
         per_step = (t[long] - t[short]) / (long - short)
-        rows.append({"trainer": name, "batch_size": config.batch_size, "s_per_step": per_step,
-                     "samples_per_s": config.batch_size / per_step if per_step > 0 else float("nan"),
-                     "startup_s": t[short] - short * per_step})
+        rows.append(
+            {
+                "trainer": name,
+                "batch_size": config.batch_size,
+                "s_per_step": per_step,
+                "samples_per_s": config.batch_size / per_step if per_step > 0 else float("nan"),
+                "startup_s": t[short] - short * per_step,
+            }
+        )
     reference = rows[0]["samples_per_s"]
     print(f"\ntraining throughput on {dataset.name}, batch {config.batch_size}, steady state ({long}-{short} steps)")
     print(f"{'trainer':<32}{'samples/s':>12}{'s/step':>10}{'start-up s':>12}{'vs ' + rows[0]['trainer']:>28}")
     for row in rows:
-        print(f"{row['trainer']:<32}{row['samples_per_s']:>12.1f}{row['s_per_step']:>10.3f}{row['startup_s']:>12.1f}"
-              f"{row['samples_per_s'] / reference:>27.2f}x")
+        print(
+            f"{row['trainer']:<32}{row['samples_per_s']:>12.1f}{row['s_per_step']:>10.3f}{row['startup_s']:>12.1f}"
+            f"{row['samples_per_s'] / reference:>27.2f}x"
+        )
     return rows

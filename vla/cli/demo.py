@@ -28,8 +28,8 @@ class DemoConfig:
     env: str = field(default="robomimic/Lift", metadata={"help": "task to demonstrate"})
     episodes: int = field(default=20, metadata={"help": "successful demonstrations to record"})
     num_envs: int = field(default=2, metadata={"help": "parallel simulators"})
-    image_size: int = 84
-    seed: int = 0
+    image_size: int = field(default=84, metadata={"help": "camera images are image_size x image_size"})
+    seed: int = field(default=0, metadata={"help": "base seed: episode k of env i is seeded from (seed, i, k)"})
     out: Path = field(default=Path("data/demo"), metadata={"help": "output directory (replaced on re-run)"})
     train_steps: int = field(default=3000, metadata={"help": "DM1 optimizer steps (0: stop after the dataset)"})
     eval_episodes: int = field(default=20, metadata={"help": "evaluation episodes"})
@@ -57,8 +57,16 @@ def run_demo(config: DemoConfig) -> int:
     out.mkdir(parents=True)
     (out / MARKER).write_text("made by `vla demo`; replaced when it runs again\n")
 
-    result = collect(CollectConfig(env=config.env, episodes=config.episodes, out=out / "dataset",
-                                   num_envs=config.num_envs, image_size=config.image_size, seed=config.seed))
+    result = collect(
+        CollectConfig(
+            env=config.env,
+            episodes=config.episodes,
+            out=out / "dataset",
+            num_envs=config.num_envs,
+            image_size=config.image_size,
+            seed=config.seed,
+        )
+    )
     if result.written == 0:
         log.error("no successful episode was recorded")
         return 1
@@ -109,15 +117,38 @@ def _train_and_evaluate(config: DemoConfig, out: Path, summary: dict) -> str:
     from vla.policies.config import PolicyConfig
     from vla.training.trainer import TrainConfig, train
 
-    policy = PolicyConfig(vector_features=(keys.OBS_STATE, keys.OBS_ENV_STATE), head="meanflow", d_model=64,
-                          n_expert_layers=2, chunk_size=8, n_action_steps=4)
+    policy = PolicyConfig(
+        vector_features=(keys.OBS_STATE, keys.OBS_ENV_STATE),
+        head="meanflow",
+        d_model=64,
+        n_expert_layers=2,
+        chunk_size=8,
+        n_action_steps=4,
+    )
     started = time.perf_counter()
-    checkpoint = train(TrainConfig(dataset=out / "dataset", out=out / "train", policy=policy, steps=config.train_steps,
-                                   batch_size=128, save_every=config.train_steps, seed=config.seed))
+    checkpoint = train(
+        TrainConfig(
+            dataset=out / "dataset",
+            out=out / "train",
+            policy=policy,
+            steps=config.train_steps,
+            batch_size=128,
+            save_every=config.train_steps,
+            seed=config.seed,
+        )
+    )
     train_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    results = evaluate(EvalConfig(policy=checkpoint, env=config.env, episodes=config.eval_episodes,
-                                  num_envs=config.num_envs, out=out / "eval", videos=4))
+    results = evaluate(
+        EvalConfig(
+            policy=checkpoint,
+            env=config.env,
+            episodes=config.eval_episodes,
+            num_envs=config.num_envs,
+            out=out / "eval",
+            videos=4,
+        )
+    )
     eval_seconds = time.perf_counter() - started
     low, high = results["success_ci95"]
     latency = results["latency_ms_per_chunk_call"]

@@ -7,10 +7,14 @@
     vla dataset export-zarr data/datasets/lift data/lift.zarr
     vla dataset import-zarr data/lift.zarr data/datasets/lift_copy
     vla train --dataset data/datasets/lift --policy.vector-features observation.state observation.environment_state
+    vla train --config data/runs/train/config.json --out data/runs/train2 --steps 10000   # a saved run, one change
     vla eval --policy data/runs/train/checkpoints/last --env robomimic/Lift --episodes 50
     vla serve --policy data/runs/train/checkpoints/last --port 8000   # openpi-client compatible
     vla bench sim
     vla bench experts
+
+Every verb with a config takes --config PATH.json (a saved config, e.g. a run's config.json);
+flags given on the command line override the file's values.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class Verb:
     help: str
     configure: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+    config: str = ""  # "module:Name" of the verb's config dataclass, if its flags come from one
 
 
 VERBS: Registry[Verb] = Registry("verb")
@@ -48,8 +53,25 @@ def config_class(path: str) -> type:
 
 
 def flags_of(path: str) -> Callable[[argparse.ArgumentParser], None]:
-    """A verb's ``configure``: its flags are the fields of its config dataclass."""
+    """A verb's ``configure``: its flags are the fields of its config dataclass (and ``--config``)."""
     return lambda parser: add_dataclass_arguments(parser, config_class(path))
+
+
+def config_verb(help: str, path: str, run: Callable[[argparse.Namespace], int]) -> Verb:
+    """A verb whose flags are the config dataclass at ``path``."""
+    return Verb(help, flags_of(path), run, config=path)
+
+
+def verb_config(args: argparse.Namespace):
+    """The config of the verb being run: dataclass defaults < ``--config`` JSON < flags given."""
+    return config_from_args(config_class(VERBS.get(args.verb).config), args)
+
+
+def config_classes() -> dict[str, type]:
+    """Every config dataclass the CLI builds from flags, by command ("train", "bench sim", ...)."""
+    classes = {name: config_class(VERBS.get(name).config) for name in VERBS.names() if VERBS.get(name).config}
+    classes.update({f"bench {name}": config_cls for name, (config_cls, _, _) in _bench_suites().items()})
+    return classes
 
 
 def quiet_third_party() -> None:
@@ -104,14 +126,19 @@ VERBS.add("envs", Verb("list simulator suites, tasks and scripted experts", _con
 def _run_collect(args: argparse.Namespace) -> int:
     from sim.collect import collect
 
-    config = config_from_args(config_class("sim.collect:CollectConfig"), args)
+    config = verb_config(args)
     log.info("collect config:\n%s", config_to_json(config))
     result = collect(config)
     print(json.dumps(result.to_dict(), indent=2))
     return 130 if result.interrupted else 0
 
 
-VERBS.add("collect", Verb("record scripted-expert demonstrations into a LeRobot v3 dataset", flags_of("sim.collect:CollectConfig"), _run_collect))
+VERBS.add(
+    "collect",
+    config_verb(
+        "record scripted-expert demonstrations into a LeRobot v3 dataset", "sim.collect:CollectConfig", _run_collect
+    ),
+)
 
 
 # --------------------------------------------------------------------------- dataset
@@ -176,6 +203,7 @@ VERBS.add("dataset", Verb("inspect and convert datasets", _configure_dataset, _r
 def _bench_suites() -> dict[str, tuple[type, Callable, str]]:
     from sim.bench import BenchExpertsConfig, BenchSimConfig, run_bench_experts, run_bench_sim
     from vla.bench.policy_latency import BenchPolicyConfig, run_bench_policy
+    from vla.bench.thread_contention import BenchThreadsConfig, run_bench_threads
     from vla.bench.train_throughput import BenchTrainConfig, run_bench_train
 
     return {
@@ -183,6 +211,11 @@ def _bench_suites() -> dict[str, tuple[type, Callable, str]]:
         "experts": (BenchExpertsConfig, run_bench_experts, "success rate of each scripted expert"),
         "policy": (BenchPolicyConfig, run_bench_policy, "inference latency per chunk vs NFE and LeRobot peers"),
         "train": (BenchTrainConfig, run_bench_train, "training samples/s of vla train vs lerobot-train"),
+        "threads": (
+            BenchThreadsConfig,
+            run_bench_threads,
+            "training steps/s alone and beside vla eval, thread budgets vs torch defaults",
+        ),
     }
 
 
@@ -209,49 +242,84 @@ VERBS.add("bench", Verb("benchmarks that print side-by-side ratios", _configure_
 def _run_train(args: argparse.Namespace) -> int:
     from vla.training.trainer import train
 
-    checkpoint = train(config_from_args(config_class("vla.training.trainer:TrainConfig"), args))
+    checkpoint = train(verb_config(args))
     print(f"checkpoint: {checkpoint}")
     return 0
 
 
-VERBS.add("train", Verb("train a flow VLA (flow matching or MeanFlow/DM1) from a LeRobot dataset", flags_of("vla.training.trainer:TrainConfig"), _run_train))
+VERBS.add(
+    "train",
+    config_verb(
+        "train a flow VLA (flow matching or MeanFlow/DM1) from a LeRobot dataset",
+        "vla.training.trainer:TrainConfig",
+        _run_train,
+    ),
+)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
     from vla.evaluation.evaluate import evaluate
 
-    results = evaluate(config_from_args(config_class("vla.evaluation.evaluate:EvalConfig"), args))
-    summary = {k: results[k] for k in ("env", "head", "episodes", "success_rate", "success_ci95", "mean_return", "nfe",
-                                       "latency_ms_per_chunk_call")}
+    results = evaluate(verb_config(args))
+    summary = {
+        k: results[k]
+        for k in (
+            "env",
+            "head",
+            "episodes",
+            "success_rate",
+            "success_ci95",
+            "mean_return",
+            "nfe",
+            "latency_ms_per_chunk_call",
+        )
+    }
     print(json.dumps(summary, indent=2))
     return 0
 
 
-VERBS.add("eval", Verb("evaluate a policy checkpoint in parallel simulators", flags_of("vla.evaluation.evaluate:EvalConfig"), _run_eval))
+VERBS.add(
+    "eval",
+    config_verb("evaluate a policy checkpoint in parallel simulators", "vla.evaluation.evaluate:EvalConfig", _run_eval),
+)
 
 
 # --------------------------------------------------------------------------- serve
 def _run_serve(args: argparse.Namespace) -> int:
     from vla.serving.server import serve
 
-    return serve(config_from_args(config_class("vla.serving.server:ServeConfig"), args))
+    return serve(verb_config(args))
 
 
-VERBS.add("serve", Verb("serve a policy checkpoint over websocket (openpi-client compatible)", flags_of("vla.serving.server:ServeConfig"), _run_serve))
+VERBS.add(
+    "serve",
+    config_verb(
+        "serve a policy checkpoint over websocket (openpi-client compatible)",
+        "vla.serving.server:ServeConfig",
+        _run_serve,
+    ),
+)
 
 
 # --------------------------------------------------------------------------- demo
 def _run_demo(args: argparse.Namespace) -> int:
     from vla.cli.demo import run_demo
 
-    return run_demo(config_from_args(config_class("vla.cli.demo:DemoConfig"), args))
+    return run_demo(verb_config(args))
 
 
-VERBS.add("demo", Verb("the main job: demonstrations -> dataset -> DM1 policy -> evaluation", flags_of("vla.cli.demo:DemoConfig"), _run_demo))
+VERBS.add(
+    "demo",
+    config_verb(
+        "the main job: demonstrations -> dataset -> DM1 policy -> evaluation", "vla.cli.demo:DemoConfig", _run_demo
+    ),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vla", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="vla", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="verb", metavar="{" + ",".join(VERBS.names()) + "}")
     for name in VERBS.names():

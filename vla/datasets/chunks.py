@@ -41,8 +41,12 @@ def load_frames(root: str | Path, vector_features: Sequence[str], image_features
     wanted = [*vector_features, *image_features, keys.ACTION]
     missing = [k for k in wanted if k not in features]
     if missing:
-        available = sorted(k for k in features if k not in ("timestamp", "frame_index", "episode_index", "index", "task_index"))
-        raise KeyError(f"dataset {root} lacks feature(s) {missing} that the policy config asks for; it has: {available}")
+        available = sorted(
+            k for k in features if k not in ("timestamp", "frame_index", "episode_index", "index", "task_index")
+        )
+        raise KeyError(
+            f"dataset {root} lacks feature(s) {missing} that the policy config asks for; it has: {available}"
+        )
     table = dataset.hf_dataset.with_format("numpy")
     n = dataset.num_frames
 
@@ -59,7 +63,9 @@ def load_frames(root: str | Path, vector_features: Sequence[str], image_features
     for start in tqdm(range(0, n, block) if image_features else [], desc="decode frames", unit="blk", leave=False):
         decoded = decode_frames(dataset, start, min(start + block, n), image_features)
         for k, v in decoded.items():
-            images.setdefault(k, torch.empty((n, *v.shape[1:]), dtype=torch.uint8))[start : start + len(v)] = torch.from_numpy(v)
+            images.setdefault(k, torch.empty((n, *v.shape[1:]), dtype=torch.uint8))[start : start + len(v)] = (
+                torch.from_numpy(v)
+            )
     task_names = list(dataset.meta.tasks.sort_values("task_index").index)
     tasks = [task_names[int(i)] for i in np.asarray(table["task_index"]).reshape(-1)]
     episode_index = np.asarray(table["episode_index"]).reshape(-1)

@@ -65,7 +65,11 @@ def features_from_spec(
 ) -> dict[str, dict[str, Any]]:
     """LeRobot feature schema for our canonical keys."""
     features: dict[str, dict[str, Any]] = {
-        keys.OBS_STATE: {"dtype": "float32", "shape": (state_dim,), "names": list(state_names) if state_names else None},
+        keys.OBS_STATE: {
+            "dtype": "float32",
+            "shape": (state_dim,),
+            "names": list(state_names) if state_names else None,
+        },
         keys.ACTION: {"dtype": "float32", "shape": (action_dim,), "names": None},
         keys.REWARD: {"dtype": "float32", "shape": (1,), "names": None},
         keys.SUCCESS: {"dtype": "bool", "shape": (1,), "names": None},
@@ -173,8 +177,15 @@ class EpisodeWriter:
         self.close()
 
 
-def make_frame(obs: dict[str, Any], index: int, action: np.ndarray, reward: float, success: bool, done: bool,
-               features: dict[str, dict]) -> dict[str, Any]:
+def make_frame(
+    obs: dict[str, Any],
+    index: int,
+    action: np.ndarray,
+    reward: float,
+    success: bool,
+    done: bool,
+    features: dict[str, dict],
+) -> dict[str, Any]:
     """One LeRobot frame from row ``index`` of a batched observation."""
     frame: dict[str, Any] = {"task": obs[keys.TASK][index]}
     for key in features:

@@ -61,13 +61,18 @@ def export_zarr(dataset_root: str | Path, out: str | Path) -> dict[str, Any]:
     for key in columns:
         values = np.stack(table[key]) if total else np.zeros((0, *meta.features[key]["shape"]))
         values = values.reshape(total, *meta.features[key]["shape"]).astype(meta.features[key]["dtype"])
-        data.create_array(key, data=values, chunks=(min(max(total, 1), 4096), *values.shape[1:]), compressors=_compressor())
+        data.create_array(
+            key, data=values, chunks=(min(max(total, 1), 4096), *values.shape[1:]), compressors=_compressor()
+        )
     task_index = np.asarray(table["task_index"], dtype=np.int64).reshape(total)
     data.create_array("task_index", data=task_index, compressors=_compressor())
     for key in visual:
         height, width, channels = meta.features[key]["shape"]
         array = data.create_array(
-            key, shape=(total, height, width, channels), dtype="uint8", chunks=(64, height, width, channels),
+            key,
+            shape=(total, height, width, channels),
+            dtype="uint8",
+            chunks=(64, height, width, channels),
             compressors=_compressor(),
         )
         block = 256
@@ -113,26 +118,40 @@ def import_zarr(
     mapping = {**DIFFUSION_POLICY_KEYS, **(key_map or {})}
     episode_ends = np.asarray(root["meta"]["episode_ends"][:], dtype=np.int64)
     arrays = {name: root["data"][name] for name in root["data"].array_keys() if name != "task_index"}
-    renamed = {(name if name.startswith(("observation.", "next.")) or name == keys.ACTION else mapping.get(name, f"observation.{name}")): a
-               for name, a in arrays.items()}
+    renamed = {
+        (
+            name
+            if name.startswith(("observation.", "next.")) or name == keys.ACTION
+            else mapping.get(name, f"observation.{name}")
+        ): a
+        for name, a in arrays.items()
+    }
     if keys.ACTION not in renamed:
         raise ValueError(f"{zarr_path} has no action array (found: {', '.join(arrays)})")
     features: dict[str, dict[str, Any]] = {}
     for key, array in renamed.items():
         is_image = array.ndim == 4 and str(array.dtype) == "uint8" and array.shape[-1] in (1, 3)
         if is_image:
-            features[key] = {"dtype": "video" if use_videos else "image", "shape": tuple(array.shape[1:]),
-                             "names": ["height", "width", "channels"]}
+            features[key] = {
+                "dtype": "video" if use_videos else "image",
+                "shape": tuple(array.shape[1:]),
+                "names": ["height", "width", "channels"],
+            }
         else:
             shape = tuple(array.shape[1:]) or (1,)
             features[key] = {"dtype": _lerobot_dtype(array), "shape": shape, "names": None}
     tasks = attrs.get("tasks") or [task or DEFAULT_TASK]
-    task_index = root["data"]["task_index"][:] if "task_index" in root["data"] else np.zeros(int(episode_ends[-1]) if len(episode_ends) else 0, dtype=np.int64)
+    task_index = (
+        root["data"]["task_index"][:]
+        if "task_index" in root["data"]
+        else np.zeros(int(episode_ends[-1]) if len(episode_ends) else 0, dtype=np.int64)
+    )
     if task is not None:
         tasks, task_index = [task], np.zeros_like(task_index)
     starts = np.concatenate([[0], episode_ends[:-1]])
-    with EpisodeWriter(out, fps=int(fps), features=features, robot_type=robot_type or attrs.get("robot_type"),
-                       use_videos=use_videos) as writer:
+    with EpisodeWriter(
+        out, fps=int(fps), features=features, robot_type=robot_type or attrs.get("robot_type"), use_videos=use_videos
+    ) as writer:
         for start, end in tqdm(list(zip(starts, episode_ends, strict=True)), desc="import episodes", unit="ep"):
             block = {key: np.asarray(array[start:end]) for key, array in renamed.items()}
             frames = []

@@ -33,21 +33,34 @@ log = logging.getLogger(__name__)
 @dataclass
 class EvalConfig:
     policy: Path = field(default=Path("data/runs/train/checkpoints/last"), metadata={"help": "checkpoint directory"})
-    env: str = field(default="robomimic/Lift", metadata={"help": "<suite>/<task>, a name `vla envs` lists (the suite registry sim.SUITES)"})
+    env: str = field(
+        default="robomimic/Lift",
+        metadata={"help": "<suite>/<task>, a name `vla envs` lists (the suite registry sim.SUITES)"},
+    )
     episodes: int = field(default=50, metadata={"help": "episodes to roll out"})
     num_envs: int = field(default=2, metadata={"help": "parallel simulators"})
     seed: int = field(default=1000, metadata={"help": "episode seeds (different from data collection's)"})
     out: Path = field(default=Path("data/runs/eval"), metadata={"help": "output directory"})
     videos: int = field(default=4, metadata={"help": "episodes to record as MP4"})
-    max_episode_steps: int | None = field(default=None, metadata={"help": "episode step limit (None: the task's own horizon)"})
+    max_episode_steps: int | None = field(
+        default=None, metadata={"help": "episode step limit (None: the task's own horizon)"}
+    )
     n_action_steps: int | None = field(default=None, metadata={"help": "override the policy's executed steps"})
     num_inference_steps: int | None = field(default=None, metadata={"help": "override the policy's NFE"})
-    vectorization: Literal["auto", "sync", "subprocess", "gpu"] = field(default="auto", metadata={
-        "help": "sync (every env in this process), subprocess (one process per env), gpu (the suite's GPU-batched "
-                "simulator) or auto (gpu where the suite has one and CUDA is present; else sync for one env, "
-                "subprocess for more)"})
-    env_options: tuple[str, ...] = field(default=(), metadata={
-        "help": "suite options as key=value, e.g. controller=JOINT_TARGET for joint-position policies (RoboMimic)"})
+    vectorization: Literal["auto", "sync", "subprocess", "gpu"] = field(
+        default="auto",
+        metadata={
+            "help": "sync (every env in this process), subprocess (one process per env), gpu (the suite's GPU-batched "
+            "simulator) or auto (gpu where the suite has one and CUDA is present; else sync for one env, "
+            "subprocess for more)"
+        },
+    )
+    env_options: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "suite options as key=value, e.g. controller=JOINT_TARGET for joint-position policies (RoboMimic)"
+        },
+    )
 
     def options(self) -> dict[str, str]:
         bad = [o for o in self.env_options if "=" not in o]
@@ -79,14 +92,24 @@ def evaluate(config: EvalConfig) -> dict:
         raise ValueError(f"n_action_steps must be in [1, {policy.config.chunk_size}], got {n_action_steps}")
     cameras = tuple(keys.camera_of(k) for k in policy.config.image_features)
     image_size = policy.config.image_size or (84, 84)
-    env = make_env(config.env, num_envs=config.num_envs, obs_mode="rgb" if cameras else "state", image_size=image_size,
-                   cameras=cameras or None, seed=config.seed, max_episode_steps=config.max_episode_steps,
-                   vectorization=config.vectorization, **config.options())
+    env = make_env(
+        config.env,
+        num_envs=config.num_envs,
+        obs_mode="rgb" if cameras else "state",
+        image_size=image_size,
+        cameras=cameras or None,
+        seed=config.seed,
+        max_episode_steps=config.max_episode_steps,
+        vectorization=config.vectorization,
+        **config.options(),
+    )
     if env.spec.action_dim != policy.config.action_dim:
         env.close()
-        raise ValueError(f"the policy outputs {policy.config.action_dim}-dim actions but {config.env} takes "
-                         f"{env.spec.action_dim} (controller {env.spec.extra.get('controller', 'default')}); "
-                         "a joint-target policy needs --env-options controller=JOINT_TARGET")
+        raise ValueError(
+            f"the policy outputs {policy.config.action_dim}-dim actions but {config.env} takes "
+            f"{env.spec.action_dim} (controller {env.spec.extra.get('controller', 'default')}); "
+            "a joint-target policy needs --env-options controller=JOINT_TARGET"
+        )
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     b = env.num_envs
@@ -180,8 +203,15 @@ def _write_results(config, policy, episodes, latencies, videos, fps, n_action_st
     if videos:
         write_video(video_dir / "tiled.mp4", tile_frames(videos, columns=min(len(videos), 4)), fps=fps)
     _plot(results, latency_ms, out / "eval.png")
-    log.info("success %d/%d (%.1f%%, 95%% CI %.1f-%.1f%%), latency p50 %.1f ms", successes, n,
-             100 * results["success_rate"], 100 * low, 100 * high, results["latency_ms_per_chunk_call"]["p50"] or 0)
+    log.info(
+        "success %d/%d (%.1f%%, 95%% CI %.1f-%.1f%%), latency p50 %.1f ms",
+        successes,
+        n,
+        100 * results["success_rate"],
+        100 * low,
+        100 * high,
+        results["latency_ms_per_chunk_call"]["p50"] or 0,
+    )
     return results
 
 
@@ -198,8 +228,9 @@ def _plot(results: dict, latency_ms: np.ndarray, path: Path) -> None:
     ax1.set_xlabel("episode")
     ax1.set_ylabel("length (steps)")
     low, high = results["success_ci95"]
-    ax1.set_title(f"{results['env']}: success {100 * results['success_rate']:.0f}% "
-                  f"(95% CI {100 * low:.0f}-{100 * high:.0f}%)")
+    ax1.set_title(
+        f"{results['env']}: success {100 * results['success_rate']:.0f}% (95% CI {100 * low:.0f}-{100 * high:.0f}%)"
+    )
     if len(latency_ms):
         ax2.hist(latency_ms, bins=30, color="tab:blue")
     ax2.set_xlabel(f"latency per chunk call (ms, batch {results['latency_ms_per_chunk_call']['batch']})")

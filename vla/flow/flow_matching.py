@@ -225,6 +225,4 @@ def euler_chain(
         xs.append(x)
         means.append(mean)
         vels.append(v)
-    return DenoisingChain(
-        xs=torch.stack(xs), means=torch.stack(means), times=times, velocities=torch.stack(vels)
-    )
+    return DenoisingChain(xs=torch.stack(xs), means=torch.stack(means), times=times, velocities=torch.stack(vels))

@@ -66,16 +66,15 @@ def sample_meanflow_times(
     return t.to(dtype), r.to(dtype)
 
 
-def meanflow_jvp(
-    u_fn: AverageVelocityFn, z: Tensor, v: Tensor, r: Tensor, t: Tensor
-) -> tuple[Tensor, Tensor]:
+def meanflow_jvp(u_fn: AverageVelocityFn, z: Tensor, v: Tensor, r: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
     """``(u, du/dt)``: ``u = u_fn(z, r, t)`` and its total time derivative along the flow.
 
     One ``torch.func.jvp`` with tangents ``(v, 0, 1)``: ``du/dt = v . d_z u + d_t u``. The primal
     output ``u`` keeps the autograd graph to any parameters ``u_fn`` closes over, so it can be
     used directly as the prediction in a loss.
     """
-    return torch.func.jvp(u_fn, (z, r, t), (v, torch.zeros_like(r), torch.ones_like(t)))
+    u, du_dt = torch.func.jvp(u_fn, (z, r, t), (v, torch.zeros_like(r), torch.ones_like(t)))[:2]
+    return u, du_dt
 
 
 def meanflow_loss(
@@ -117,9 +116,7 @@ def meanflow_loss(
     return loss, info
 
 
-def meanflow_sample(
-    u_fn: AverageVelocityFn, noise: Tensor, num_steps: int = 1, clamp: float | None = None
-) -> Tensor:
+def meanflow_sample(u_fn: AverageVelocityFn, noise: Tensor, num_steps: int = 1, clamp: float | None = None) -> Tensor:
     """Few-step MeanFlow sampling: ``z_r = z_t - (t - r) * u(z_t, r, t)`` on the grid ``1 -> 0``.
 
     ``num_steps = 1`` is the 1-NFE sampler ``a = z_1 - u(z_1, 0, 1)`` with ``z_1 = noise``. DM1

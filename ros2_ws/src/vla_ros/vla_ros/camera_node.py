@@ -161,7 +161,10 @@ class CameraNode:
         self.node, self.config = node, config
         self.log = node.get_logger()
         cam_config = RealSenseConfig(
-            serial=config.serial_no or None, width=config.width, height=config.height, fps=config.fps,
+            serial=config.serial_no or None,
+            width=config.width,
+            height=config.height,
+            fps=config.fps,
             timeout_ms=config.timeout_ms,
         )
         self.software = None
@@ -177,8 +180,12 @@ class CameraNode:
         self.hardware_id = f"{info['name']} {info['serial']}".strip()
         self.info_template = camera_info_msg(self.camera.intrinsics(), config.frame_id)
 
-        qos = QoSProfile(depth=2, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
-                         durability=DurabilityPolicy.VOLATILE)
+        qos = QoSProfile(
+            depth=2,
+            history=HistoryPolicy.KEEP_LAST,
+            reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.VOLATILE,
+        )
         self.image_pub = node.create_publisher(Image, config.image_topic, qos)
         self.info_pub = node.create_publisher(CameraInfo, config.info_topic, qos)
         self.diag_pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -197,7 +204,9 @@ class CameraNode:
         node.create_timer(config.diagnostics_period_s, self._publish_diagnostics)
         self.threads = [threading.Thread(target=self._capture, name="camera-capture", daemon=True)]
         if self.software is not None:
-            self.threads.append(threading.Thread(target=self._feed_test_pattern, name="camera-software-feed", daemon=True))
+            self.threads.append(
+                threading.Thread(target=self._feed_test_pattern, name="camera-software-feed", daemon=True)
+            )
         self.log.info(
             f"{self.hardware_id}: {config.width}x{config.height}@{config.fps} rgb8 on {config.image_topic} "
             f"(frame_id {config.frame_id})"
@@ -298,7 +307,10 @@ class CameraNode:
         if self.fatal:
             status.level, status.message = DiagnosticStatus.ERROR, self.fatal
         elif stale:
-            status.level, status.message = DiagnosticStatus.ERROR, "no frames" if age is None else f"no frame for {age:.1f} s"
+            status.level, status.message = (
+                DiagnosticStatus.ERROR,
+                "no frames" if age is None else f"no frame for {age:.1f} s",
+            )
         elif warm and rate < 0.8 * self.config.fps:
             status.level, status.message = DiagnosticStatus.WARN, f"rate {rate:.1f} Hz below {self.config.fps}"
         elif new_drops > 0:

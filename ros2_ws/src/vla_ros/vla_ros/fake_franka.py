@@ -26,9 +26,18 @@ REALSENSE_COLOR = "/camera/camera/color/image_raw"
 class FakeFranka:
     """Publishes /joint_states and camera images; records the policy node's outputs."""
 
-    def __init__(self, domain_id: int, *, arm_id: str = "fr3", controller: str = "fr3_arm_controller",
-                 cameras: dict[str, Sequence[int]] | None = None, joint_hz: float = 100.0, image_hz: float = 30.0,
-                 trajectory_action: bool = False, q0: np.ndarray | None = None):
+    def __init__(
+        self,
+        domain_id: int,
+        *,
+        arm_id: str = "fr3",
+        controller: str = "fr3_arm_controller",
+        cameras: dict[str, Sequence[int]] | None = None,
+        joint_hz: float = 100.0,
+        image_hz: float = 30.0,
+        trajectory_action: bool = False,
+        q0: np.ndarray | None = None,
+    ):
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import SingleThreadedExecutor
@@ -55,12 +64,16 @@ class FakeFranka:
         self.diagnostics: dict[str, str] = {}
         self.Image, self.JointState, self.Trigger = Image, JointState, Trigger
         rng = np.random.default_rng(0)
-        self._pixels = {topic: rng.integers(0, 255, int(np.prod(shape)), dtype=np.uint8).tobytes()
-                        for topic, shape in self.cameras.items()}
+        self._pixels = {
+            topic: rng.integers(0, 255, int(np.prod(shape)), dtype=np.uint8).tobytes()
+            for topic, shape in self.cameras.items()
+        }
         self.joint_pub = self.node.create_publisher(JointState, "/joint_states", 10)
         self.image_pubs = {topic: self.node.create_publisher(Image, topic, 10) for topic in self.cameras}
         self.node.create_subscription(JointTrajectory, f"/{controller}/joint_trajectory", self.trajectories.append, 50)
-        self.node.create_subscription(String, "/vla/policy_events", lambda m: self.events.append(json.loads(m.data)), 50)
+        self.node.create_subscription(
+            String, "/vla/policy_events", lambda m: self.events.append(json.loads(m.data)), 50
+        )
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self.node.create_timer(1.0 / joint_hz, self._publish_joints)
         self.node.create_timer(1.0 / image_hz, self._publish_images)
@@ -69,8 +82,9 @@ class FakeFranka:
             from control_msgs.action import FollowJointTrajectory
             from rclpy.action import ActionServer
 
-            self.action_server = ActionServer(self.node, FollowJointTrajectory,
-                                              f"/{controller}/follow_joint_trajectory", self._execute_goal)
+            self.action_server = ActionServer(
+                self.node, FollowJointTrajectory, f"/{controller}/follow_joint_trajectory", self._execute_goal
+            )
         self.running = True
         self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
@@ -81,8 +95,10 @@ class FakeFranka:
         self.goals.append(goal_handle.request.trajectory)
         if self.abort_goals:  # what a JointTrajectoryController answers when its hardware went away
             goal_handle.abort()
-            return FollowJointTrajectory.Result(error_code=FollowJointTrajectory.Result.PATH_TOLERANCE_VIOLATED,
-                                                error_string="hardware interface deactivated")
+            return FollowJointTrajectory.Result(
+                error_code=FollowJointTrajectory.Result.PATH_TOLERANCE_VIOLATED,
+                error_string="hardware interface deactivated",
+            )
         goal_handle.succeed()
         return FollowJointTrajectory.Result(error_code=FollowJointTrajectory.Result.SUCCESSFUL)
 

@@ -22,8 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-
-
 STALL_TIMEOUT_S = 60.0  # wall seconds without simulated time advancing
 
 
@@ -62,15 +60,23 @@ class Harness:
         self.diagnostics: dict[str, str] = {}
         self.events: list[dict] = []
         self.node.create_subscription(String, "/sim/status", lambda m: setattr(self, "status", json.loads(m.data)), 10)
-        self.node.create_subscription(String, "/vla/policy_events", lambda m: self.events.append(json.loads(m.data)), 50)
+        self.node.create_subscription(
+            String, "/vla/policy_events", lambda m: self.events.append(json.loads(m.data)), 50
+        )
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         from trajectory_msgs.msg import JointTrajectory
 
         self.trajectory_stamps: list[float] = []  # header stamps (node clock = sim time) of every command
-        self.node.create_subscription(JointTrajectory, "/fr3_arm_controller/joint_trajectory",
-                                      lambda m: self.trajectory_stamps.append(m.header.stamp.sec + m.header.stamp.nanosec * 1e-9), 100)
-        self.clients = {name: self.node.create_client(Trigger, name)
-                        for name in ("/sim/reset", "/vla_policy/reset", "/vla_policy/enable")}
+        self.node.create_subscription(
+            JointTrajectory,
+            "/fr3_arm_controller/joint_trajectory",
+            lambda m: self.trajectory_stamps.append(m.header.stamp.sec + m.header.stamp.nanosec * 1e-9),
+            100,
+        )
+        self.clients = {
+            name: self.node.create_client(Trigger, name)
+            for name in ("/sim/reset", "/vla_policy/reset", "/vla_policy/enable")
+        }
 
     def _on_diagnostics(self, msg) -> None:
         for status in msg.status:
@@ -92,7 +98,9 @@ class Harness:
                 return
             self.spin_for(0.2)
         missing = [n for n, c in self.clients.items() if not c.service_is_ready()]
-        raise TimeoutError(f"graph not ready after {timeout_s:.0f} s; missing services {missing}, status seen: {bool(self.status)}")
+        raise TimeoutError(
+            f"graph not ready after {timeout_s:.0f} s; missing services {missing}, status seen: {bool(self.status)}"
+        )
 
     def call(self, service: str, timeout_s: float = 30.0):  # generous: the graph shares the CPU with the simulator
         future = self.clients[service].call_async(self.Trigger.Request())
@@ -138,13 +146,21 @@ def run_episode(h: Harness, horizon_s: float) -> dict:
         if s["sim_time"] > last_sim_time:
             last_sim_time, last_progress = s["sim_time"], time.monotonic()
         elif time.monotonic() - last_progress > STALL_TIMEOUT_S:
-            raise TimeoutError(f"simulated time stopped at {last_sim_time:.2f} s for {STALL_TIMEOUT_S:.0f} s of wall time")
+            raise TimeoutError(
+                f"simulated time stopped at {last_sim_time:.2f} s for {STALL_TIMEOUT_S:.0f} s of wall time"
+            )
     h.call("/vla_policy/reset")
     stamps = np.asarray(h.trajectory_stamps[first_command:])
     rate = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 2 and stamps[-1] > stamps[0] else 0.0
-    return {"episode": episode, "episode_seed": reply["seed"], "success": bool(s["success"]),
-            "sim_seconds": round(elapsed, 3), "length": int(round(elapsed * 20)), "commands": int(len(stamps)),
-            "command_rate_hz_sim_time": round(float(rate), 2)}
+    return {
+        "episode": episode,
+        "episode_seed": reply["seed"],
+        "success": bool(s["success"]),
+        "sim_seconds": round(elapsed, 3),
+        "length": int(round(elapsed * 20)),
+        "commands": int(len(stamps)),
+        "command_rate_hz_sim_time": round(float(rate), 2),
+    }
 
 
 def graph_eval(config: GraphEvalConfig) -> dict:
@@ -159,10 +175,18 @@ def graph_eval(config: GraphEvalConfig) -> dict:
     domain_id = config.domain_id if config.domain_id >= 0 else 1 + os.getpid() % 200
     os.environ["ROS_DOMAIN_ID"] = str(domain_id)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    graph = Graph.from_yaml(config.graph, [
-        f"sim_franka.seed={config.seed}", f"sim_franka.image_size={image_size}",
-        f"sim_franka.real_time_factor={config.real_time_factor}", f"vla_policy.checkpoint={config.checkpoint}",
-        *config.overrides], disable=["recorder"], domain_id=domain_id)
+    graph = Graph.from_yaml(
+        config.graph,
+        [
+            f"sim_franka.seed={config.seed}",
+            f"sim_franka.image_size={image_size}",
+            f"sim_franka.real_time_factor={config.real_time_factor}",
+            f"vla_policy.checkpoint={config.checkpoint}",
+            *config.overrides,
+        ],
+        disable=["recorder"],
+        domain_id=domain_id,
+    )
     log_file = open(out / "graph.log", "w")
     running = launch(graph, output=lambda line: (log_file.write(line + "\n"), log_file.flush()))
     h = Harness()
@@ -172,8 +196,11 @@ def graph_eval(config: GraphEvalConfig) -> dict:
         for _ in range(config.episodes):
             episodes.append(run_episode(h, config.horizon_s))
             done = sum(e["success"] for e in episodes)
-            print(f"episode {len(episodes)}/{config.episodes}: success={episodes[-1]['success']} "
-                  f"({done}/{len(episodes)})", flush=True)
+            print(
+                f"episode {len(episodes)}/{config.episodes}: success={episodes[-1]['success']} "
+                f"({done}/{len(episodes)})",
+                flush=True,
+            )
         h.spin_for(1.5)  # one more diagnostics message with every episode in it
     finally:
         diagnostics, events = dict(h.diagnostics), list(h.events)
@@ -189,9 +216,16 @@ def graph_eval(config: GraphEvalConfig) -> dict:
         "success_ci95": list(wilson_interval(k, n)),
         "per_episode": episodes,
         "command_rate_hz_sim_time": float(np.mean([e["command_rate_hz_sim_time"] for e in episodes])) if n else 0.0,
-        "latency_ms": {stage: {"p50": float(diagnostics[f"{stage}.p50"]), "p99": float(diagnostics[f"{stage}.p99"])}
-                       for stage in ("frame_to_trajectory_excl_inference_ms", "observation_ms", "inference_ms",
-                                     "chunk_to_trajectory_ms") if f"{stage}.p50" in diagnostics},
+        "latency_ms": {
+            stage: {"p50": float(diagnostics[f"{stage}.p50"]), "p99": float(diagnostics[f"{stage}.p99"])}
+            for stage in (
+                "frame_to_trajectory_excl_inference_ms",
+                "observation_ms",
+                "inference_ms",
+                "chunk_to_trajectory_ms",
+            )
+            if f"{stage}.p50" in diagnostics
+        },
         "policy_diagnostics": diagnostics,
         "safety_events_seen": len(events),
         "exit_codes": codes,
@@ -205,12 +239,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = GraphEvalConfig(checkpoint="")
     parser.add_argument("--checkpoint", required=True)
-    for name in ("out", "episodes", "graph", "seed", "horizon_s", "real_time_factor",
-                 "image_size", "domain_id"):
+    for name in ("out", "episodes", "graph", "seed", "horizon_s", "real_time_factor", "image_size", "domain_id"):
         value = getattr(defaults, name)
         parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
-    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="NODE.PARAM=VALUE",
-                        help="override a node parameter, as `vla_ros.launcher --set` (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        metavar="NODE.PARAM=VALUE",
+        help="override a node parameter, as `vla_ros.launcher --set` (repeatable)",
+    )
     args = parser.parse_args(argv)
     results = graph_eval(GraphEvalConfig(**vars(args)))
     summary = {k: results[k] for k in ("episodes", "success_rate", "success_ci95")}

@@ -22,7 +22,14 @@ import sys
 import time
 from pathlib import Path
 
-STAGES = ("joint_state_age_ms", "image_age_ms", "frame_to_trajectory_excl_inference_ms", "observation_ms", "inference_ms", "chunk_to_trajectory_ms")
+STAGES = (
+    "joint_state_age_ms",
+    "image_age_ms",
+    "frame_to_trajectory_excl_inference_ms",
+    "observation_ms",
+    "inference_ms",
+    "chunk_to_trajectory_ms",
+)
 
 
 def camera_topics(cameras: list[str]) -> dict[str, str]:
@@ -33,8 +40,15 @@ def camera_topics(cameras: list[str]) -> dict[str, str]:
     return {c: defaults.get(c, f"/{c}/{c}/color/image_raw") for c in cameras}
 
 
-def run(checkpoint: str, seconds: float, action_space: str, robot: str, state_layout: str, instruction: str,
-        extra: list[str]) -> dict:
+def run(
+    checkpoint: str,
+    seconds: float,
+    action_space: str,
+    robot: str,
+    state_layout: str,
+    instruction: str,
+    extra: list[str],
+) -> dict:
     from vla import keys
     from vla.policies.checkpoint import load_policy
     from vla_ros.fake_franka import FakeFranka
@@ -44,17 +58,29 @@ def run(checkpoint: str, seconds: float, action_space: str, robot: str, state_la
     shapes = {keys.camera_of(f): tuple(config.feature_shapes[f]) for f in config.image_features}
     topics = camera_topics(sorted(shapes))
     domain = 150 + os.getpid() % 80
-    params = {"checkpoint": checkpoint, "robot": robot, "arm_id": "fr3", "action_space": action_space,
-              "state_layout": state_layout, "gripper": "none",
-              "cameras": json.dumps([f"{c}={t}" for c, t in topics.items()])}
+    params = {
+        "checkpoint": checkpoint,
+        "robot": robot,
+        "arm_id": "fr3",
+        "action_space": action_space,
+        "state_layout": state_layout,
+        "gripper": "none",
+        "cameras": json.dumps([f"{c}={t}" for c, t in topics.items()]),
+    }
     if config.use_language:
         params["instruction"] = json.dumps(instruction)
     args = [a for name, value in params.items() for a in ("-p", f"{name}:={value}")]
     for override in extra:
         args += ["-p", override]
     env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
-    node = subprocess.Popen([sys.executable, "-m", "vla_ros.policy_node", "--ros-args", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    node = subprocess.Popen(
+        [sys.executable, "-m", "vla_ros.policy_node", "--ros-args", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     robot_side = FakeFranka(domain, cameras={topics[c]: shape for c, shape in shapes.items()})
     try:
         robot_side.wait_for(lambda: robot_side.diagnostics or node.poll() is not None, 120, "the node's diagnostics")
@@ -71,15 +97,24 @@ def run(checkpoint: str, seconds: float, action_space: str, robot: str, state_la
         robot_side.close()
         stop_process_group(node)
     if diagnostics.get("latched"):
-        raise RuntimeError(f"the node latched during the run ({diagnostics['latched']}): the numbers would not be "
-                           "those of a running loop")
+        raise RuntimeError(
+            f"the node latched during the run ({diagnostics['latched']}): the numbers would not be "
+            "those of a running loop"
+        )
     return {
-        "checkpoint": checkpoint, "action_space": action_space, "robot": robot, "seconds": round(elapsed, 2),
+        "checkpoint": checkpoint,
+        "action_space": action_space,
+        "robot": robot,
+        "seconds": round(elapsed, 2),
         "cameras": {c: list(s) for c, s in shapes.items()},
         "trajectories_per_s": round(count / elapsed, 2),
-        "latency_ms": {s: {"p50": float(diagnostics[f"{s}.p50"]), "p99": float(diagnostics[f"{s}.p99"])}
-                       for s in STAGES if f"{s}.p50" in diagnostics},
-        "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
+        "latency_ms": {
+            s: {"p50": float(diagnostics[f"{s}.p50"]), "p99": float(diagnostics[f"{s}.p99"])}
+            for s in STAGES
+            if f"{s}.p50" in diagnostics
+        },
+        "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg(),
     }
 
 
@@ -87,8 +122,10 @@ def table(result: dict) -> str:
     lines = ["| stage (ms) | p50 | p99 |", "|---|---|---|"]
     for stage, v in result["latency_ms"].items():
         lines.append(f"| {stage} | {v['p50']:.2f} | {v['p99']:.2f} |")
-    lines.append(f"\ntrajectories per second: {result['trajectories_per_s']} over {result['seconds']} s "
-                 f"({result['action_space']}, {result['robot']}; load average {result['load_average'][0]:.2f})")
+    lines.append(
+        f"\ntrajectories per second: {result['trajectories_per_s']} over {result['seconds']} s "
+        f"({result['action_space']}, {result['robot']}; load average {result['load_average'][0]:.2f})"
+    )
     return "\n".join(lines)
 
 
@@ -100,12 +137,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--robot", default="fr3", help="joint-limit table: fr3 or panda")
     parser.add_argument("--state-layout", default="robomimic_panda")
     parser.add_argument("--instruction", default="lift the red cube off the table")
-    parser.add_argument("-p", dest="extra", action="append", default=[], metavar="NAME:=VALUE",
-                        help="another policy-node parameter (repeatable)")
+    parser.add_argument(
+        "-p",
+        dest="extra",
+        action="append",
+        default=[],
+        metavar="NAME:=VALUE",
+        help="another policy-node parameter (repeatable)",
+    )
     parser.add_argument("--out", default="", help="also write the result as JSON here")
     args = parser.parse_args(argv)
-    result = run(args.checkpoint, args.seconds, args.action_space, args.robot, args.state_layout, args.instruction,
-                 args.extra)
+    result = run(
+        args.checkpoint, args.seconds, args.action_space, args.robot, args.state_layout, args.instruction, args.extra
+    )
     print(table(result))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -54,8 +54,20 @@ from typing import Any
 import yaml
 
 GRAPH_KEYS = ("description", "env", "nodes")
-NODE_KEYS = ("name", "module", "executable", "args", "params_file", "parameters", "remappings",
-             "respawn", "respawn_delay", "required", "enabled", "env")
+NODE_KEYS = (
+    "name",
+    "module",
+    "executable",
+    "args",
+    "params_file",
+    "parameters",
+    "remappings",
+    "respawn",
+    "respawn_delay",
+    "required",
+    "enabled",
+    "env",
+)
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 STACK_DUMP_WAIT_S = 1.0  # after SIGUSR1, before SIGKILL: time for a hung node to print its stacks
 MAX_DOMAIN_ID = 232  # Fast DDS/Cyclone port arithmetic limit
@@ -88,10 +100,14 @@ def check_parameter_value(name: str, value: Any) -> None:
         kinds = {type(v) for v in value}
         if kinds <= {bool} or kinds <= {int} or kinds <= {float} or kinds <= {str}:
             return
-        raise GraphError(f"parameter {name!r}: a ROS array parameter holds one type (all bools, ints, floats "
-                         f"or strings: write 0.0, not 0, in a list of floats); got {value!r}")
-    raise GraphError(f"parameter {name!r}: {value!r} ({type(value).__name__}) is not a ROS parameter value "
-                     "(bool, int, float, string or a list of one of these)")
+        raise GraphError(
+            f"parameter {name!r}: a ROS array parameter holds one type (all bools, ints, floats "
+            f"or strings: write 0.0, not 0, in a list of floats); got {value!r}"
+        )
+    raise GraphError(
+        f"parameter {name!r}: {value!r} ({type(value).__name__}) is not a ROS parameter value "
+        "(bool, int, float, string or a list of one of these)"
+    )
 
 
 def params_file_sections(data: Any, path: Path) -> dict[str, dict[str, Any]]:
@@ -109,8 +125,9 @@ def params_file_sections(data: Any, path: Path) -> dict[str, dict[str, Any]]:
             elif isinstance(value, Mapping):
                 walk(value, f"{selector}/{str(key).strip('/')}")
             else:
-                raise GraphError(f"{path}: {selector}/{key}: expected node sections holding 'ros__parameters', "
-                                 f"got a value {value!r}")
+                raise GraphError(
+                    f"{path}: {selector}/{key}: expected node sections holding 'ros__parameters', got a value {value!r}"
+                )
 
     walk(data, "")
     return sections
@@ -124,8 +141,10 @@ def node_parameters(name: str, sections: Mapping[str, Mapping[str, Any]], path: 
     """The parameters a file gives node ``name``: '/**' first, then sections naming it."""
     matching = [s for s in sections if _selector_matches(s, name)]
     if not matching:
-        raise GraphError(f"{path} has no section for node {name!r} (sections: {', '.join(sections) or 'none'}); "
-                         f"use '/**:' or '{name}:' above 'ros__parameters:'")
+        raise GraphError(
+            f"{path} has no section for node {name!r} (sections: {', '.join(sections) or 'none'}); "
+            f"use '/**:' or '{name}:' above 'ros__parameters:'"
+        )
     merged: dict[str, Any] = {}
     for selector in sorted(matching, key=lambda s: s != "/**"):
         merged.update(sections[selector])
@@ -248,8 +267,9 @@ def parse_node(entry: Any, index: int, base: Path, source: str) -> NodeSpec:
         raise GraphError(f"{where}: each node is a mapping with keys {', '.join(NODE_KEYS)}; got {entry!r}")
     name = entry.get("name")
     if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise GraphError(f"{where}: 'name' must be a ROS node name (letters, digits, _; not starting with a "
-                         f"digit); got {name!r}")
+        raise GraphError(
+            f"{where}: 'name' must be a ROS node name (letters, digits, _; not starting with a digit); got {name!r}"
+        )
     where = f"{source}: node {name!r}"
     unknown = sorted(set(entry) - set(NODE_KEYS))
     if unknown:
@@ -279,8 +299,12 @@ def parse_node(entry: Any, index: int, base: Path, source: str) -> NodeSpec:
     if isinstance(delay, bool) or not isinstance(delay, (int, float)) or delay < 0:
         raise GraphError(f"{where}: respawn_delay must be a number of seconds >= 0; got {delay!r}")
     spec = NodeSpec(
-        name=name, module=module, executable=executable, args=tuple(str(a) for a in args),
-        params_file=params_file, parameters=parameters,
+        name=name,
+        module=module,
+        executable=executable,
+        args=tuple(str(a) for a in args),
+        params_file=params_file,
+        parameters=parameters,
         remappings=_string_map(entry.get("remappings", {}) or {}, where, "remappings"),
         respawn=_expect(entry.get("respawn", False), bool, where, "respawn"),
         respawn_delay=float(delay),
@@ -311,25 +335,46 @@ class Graph:
             raise GraphError(f"domain id must be in 0..{MAX_DOMAIN_ID}; got {self.domain_id}")
 
     @classmethod
-    def from_dict(cls, data: Any, base: Path, source: str = "graph", overrides: Iterable[str] | Mapping[str, Any] = (),
-                  enable: Iterable[str] = (), disable: Iterable[str] = (), domain_id: int | None = None) -> Graph:
+    def from_dict(
+        cls,
+        data: Any,
+        base: Path,
+        source: str = "graph",
+        overrides: Iterable[str] | Mapping[str, Any] = (),
+        enable: Iterable[str] = (),
+        disable: Iterable[str] = (),
+        domain_id: int | None = None,
+    ) -> Graph:
         if not isinstance(data, dict):
             raise GraphError(f"{source}: a graph is a mapping with keys {', '.join(GRAPH_KEYS)}")
         unknown = sorted(set(data) - set(GRAPH_KEYS))
         if unknown:
-            raise GraphError(f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(GRAPH_KEYS)}")
+            raise GraphError(
+                f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(GRAPH_KEYS)}"
+            )
         entries = data.get("nodes")
         if not isinstance(entries, list) or not entries:
             raise GraphError(f"{source}: 'nodes' must be a non-empty list of nodes")
         nodes = [parse_node(e, i, base, source) for i, e in enumerate(entries)]
-        graph = cls(nodes=tuple(nodes), env=_string_map(data.get("env", {}) or {}, source, "env"),
-                    domain_id=domain_id, source=Path(source) if source != "graph" else None,
-                    description=str(data.get("description", "")))
+        graph = cls(
+            nodes=tuple(nodes),
+            env=_string_map(data.get("env", {}) or {}, source, "env"),
+            domain_id=domain_id,
+            source=Path(source) if source != "graph" else None,
+            description=str(data.get("description", "")),
+        )
         return graph.with_overrides(overrides).with_enabled(enable, True).with_enabled(disable, False)
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike, overrides: Iterable[str] | Mapping[str, Any] = (), *,
-                  enable: Iterable[str] = (), disable: Iterable[str] = (), domain_id: int | None = None) -> Graph:
+    def from_yaml(
+        cls,
+        path: str | os.PathLike,
+        overrides: Iterable[str] | Mapping[str, Any] = (),
+        *,
+        enable: Iterable[str] = (),
+        disable: Iterable[str] = (),
+        domain_id: int | None = None,
+    ) -> Graph:
         """Load and validate a graph YAML; ``overrides`` are 'node.param=value' strings or {'node.param': value}."""
         path = Path(path)
         if not path.is_file():
@@ -410,8 +455,13 @@ class _Proc:
 class RunningGraph:
     """The processes of a launched graph. Use as a context manager, or call ``stop()``."""
 
-    def __init__(self, graph: Graph, output: Callable[[str], None] | None = None,
-                 sigint_timeout: float = 5.0, sigterm_timeout: float = 3.0):
+    def __init__(
+        self,
+        graph: Graph,
+        output: Callable[[str], None] | None = None,
+        sigint_timeout: float = 5.0,
+        sigterm_timeout: float = 3.0,
+    ):
         self.graph = graph
         self.sigint_timeout, self.sigterm_timeout = sigint_timeout, sigterm_timeout
         self._print_lock = threading.Lock()
@@ -454,11 +504,18 @@ class RunningGraph:
     # lifecycle ------------------------------------------------------------
     def _start(self, proc: _Proc) -> None:
         cmd = proc.spec.command(proc.params_path)
-        proc.popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      env=self.graph.process_env(proc.spec), start_new_session=True)
+        proc.popen = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=self.graph.process_env(proc.spec),
+            start_new_session=True,
+        )
         proc.returncode, proc.respawn_at = None, None
-        proc.reader = threading.Thread(target=self._pump, args=(proc, proc.popen.stdout), daemon=True,
-                                       name=f"output-{proc.spec.name}")
+        proc.reader = threading.Thread(
+            target=self._pump, args=(proc, proc.popen.stdout), daemon=True, name=f"output-{proc.spec.name}"
+        )
         proc.reader.start()
         self._say(f"started {proc.spec.name} (pid {proc.popen.pid}): {' '.join(cmd)}")
 
@@ -568,8 +625,10 @@ class RunningGraph:
     @property
     def returncodes(self) -> dict[str, int | None]:
         """Last exit status per node; None while it runs. Negative: killed by that signal."""
-        return {name: p.returncode if p.returncode is not None else (p.popen.poll() if p.popen else None)
-                for name, p in self._procs.items()}
+        return {
+            name: p.returncode if p.returncode is not None else (p.popen.poll() if p.popen else None)
+            for name, p in self._procs.items()
+        }
 
     @property
     def restarts(self) -> dict[str, int]:
@@ -623,10 +682,13 @@ class RunningGraph:
                 if not missing:
                     return
                 if self.failed is not None or self._stopping.is_set():
-                    raise RuntimeError(f"graph stopped while waiting for {', '.join(missing)}:\n{self._describe_state()}")
+                    raise RuntimeError(
+                        f"graph stopped while waiting for {', '.join(missing)}:\n{self._describe_state()}"
+                    )
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"no publisher on {', '.join(missing)} after {timeout:.0f} s:\n"
-                                       f"{self._describe_state()}")
+                    raise TimeoutError(
+                        f"no publisher on {', '.join(missing)} after {timeout:.0f} s:\n{self._describe_state()}"
+                    )
                 time.sleep(0.1)
         finally:
             node.destroy_node()
@@ -639,8 +701,13 @@ class RunningGraph:
         self.stop()
 
 
-def launch(graph: Graph, output: Callable[[str], None] | None = None, *,
-           sigint_timeout: float = 5.0, sigterm_timeout: float = 3.0) -> RunningGraph:
+def launch(
+    graph: Graph,
+    output: Callable[[str], None] | None = None,
+    *,
+    sigint_timeout: float = 5.0,
+    sigterm_timeout: float = 3.0,
+) -> RunningGraph:
     """Start every enabled node of ``graph``; ``output`` receives each prefixed line (default: stdout)."""
     return RunningGraph(graph, output, sigint_timeout=sigint_timeout, sigterm_timeout=sigterm_timeout)
 
@@ -649,8 +716,13 @@ def launch(graph: Graph, output: Callable[[str], None] | None = None, *,
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vla_ros.launcher", description=__doc__.split("\n\n")[0])
     p.add_argument("graph", help="graph YAML (e.g. launch/graphs/sim_lift.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
-                   help="override a node parameter (YAML-typed value); repeatable")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NODE.PARAM=VALUE",
+        help="override a node parameter (YAML-typed value); repeatable",
+    )
     p.add_argument("--enable", action="append", default=[], metavar="NODE", help="start a node marked enabled: false")
     p.add_argument("--disable", action="append", default=[], metavar="NODE", help="do not start this node")
     p.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID for every node")
@@ -663,8 +735,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        graph = Graph.from_yaml(args.graph, args.set, enable=args.enable, disable=args.disable,
-                                domain_id=args.domain_id)
+        graph = Graph.from_yaml(
+            args.graph, args.set, enable=args.enable, disable=args.disable, domain_id=args.domain_id
+        )
     except GraphError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

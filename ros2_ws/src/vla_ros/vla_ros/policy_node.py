@@ -14,71 +14,138 @@ e-stop latch); anything refused makes the arm hold. Services ~/enable, ~/estop, 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import sys
 import threading
 import time
-from dataclasses import dataclass
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 
+from hardware.safety import SafetyConfig
 from vla_ros.ros_util import msg_to_image, run_node, s_to_duration, s_to_stamp, stamp_to_s
 
 DEFAULT_CAMERAS = ("scene=/camera/camera/color/image_raw", "wrist=/wrist_camera/wrist_camera/color/image_raw")
+# Fields of the nested SafetyConfig that the node sets itself, so they are not ROS parameters:
+# the robot from ``robot``, the control period from ``control_hz``, the watched cameras from the policy's.
+NODE_SET_PARAMETERS = ("safety.robot", "safety.control_dt", "safety.cameras")
 
 
 @dataclass
 class PolicyNodeConfig:
-    checkpoint: str = ""  # a `vla train` checkpoint directory (in-process inference) ...
-    server_host: str = ""  # ... or a `vla serve` policy server
-    server_port: int = 8000
-    api_key: str = ""
-    device: str = "cpu"  # used as given: a missing GPU is an error, never a silent CPU fallback
-    torch_threads: int = 1  # intra-op threads for in-process CPU inference
-    seed: int = 0
-    arm_id: str = "fr3"  # joint names <arm_id>_joint1..7
-    robot: str = "fr3"  # joint-limit table: fr3 or panda
-    controller: str = "fr3_arm_controller"
-    command_interface: str = "topic"  # topic (JointTrajectory) or action (FollowJointTrajectory)
-    gripper: str = "franka"  # franka (franka_gripper grasp/move actions) or none
-    joint_states_topic: str = "/joint_states"
-    cameras: tuple[str, ...] = DEFAULT_CAMERAS  # <policy camera>=<topic>
-    compressed_images: bool = False  # subscribe to <topic>/compressed (sensor_msgs/CompressedImage)
-    resize_images: bool = False  # resize camera frames to the policy's size (else a mismatch is refused)
-    instruction: str = ""  # default task instruction; /task_instruction overrides it
-    instruction_topic: str = "/task_instruction"
-    state_layout: str = "robomimic_panda"
-    action_space: str = "ee_delta"
-    ee_delta_gain: float = 1.0  # scales end-effector deltas (policies trained on a compliant controller)
-    base_pos: tuple[float, ...] = (0.0, 0.0, 0.0)  # robot base in the frame the policy was trained in
-    base_quat: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0)  # wxyz
-    control_hz: float = 20.0  # the policy's control rate (one action per tick)
-    n_action_steps: int = 0  # actions executed per chunk; 0 = the checkpoint's
-    temporal_ensemble: float = -1.0  # ACT weights exp(-m*i); negative = off
-    max_latency_s: float = 0.5
-    gripper_hysteresis: float = 0.5  # a gripper command only when the action crosses +-this (no chatter)
-    gripper_open_width: float = 0.08
-    gripper_speed: float = 0.1
-    grasp_force: float = 20.0
-    grasp_epsilon_outer: float = 0.08
-    velocity_scale: float = 0.5
-    accel_scale: float = 0.5
-    max_step_rad: float = 0.05
-    joint_margin_rad: float = 0.05
-    workspace_min: tuple[float, ...] = (0.2, -0.6, 0.02)  # end effector, robot base frame, m
-    workspace_max: tuple[float, ...] = (0.85, 0.6, 0.9)
-    stale_joint_state_s: float = 0.1
-    stale_image_s: float = 0.25
-    smooth_start_s: float = 2.0
+    """The policy node's ROS parameters. Nested dataclasses are dotted parameters
+    (``safety.max_step_rad``; in a YAML file, ``safety: {max_step_rad: 0.03}`` under ``ros__parameters``)."""
+
+    checkpoint: str = field(
+        default="", metadata={"help": "a `vla train` checkpoint directory (in-process inference), or set server_host"}
+    )
+    server_host: str = field(default="", metadata={"help": "host of a `vla serve` policy server, or set checkpoint"})
+    server_port: int = field(default=8000, metadata={"help": "port of the policy server"})
+    api_key: str = field(default="", metadata={"help": "the policy server's API key, if it wants one"})
+    device: str = field(
+        default="cpu",
+        metadata={
+            "help": "torch device for in-process inference; used as given: a missing GPU is an error, never a silent "
+            "CPU fallback"
+        },
+    )
+    torch_threads: int = field(default=1, metadata={"help": "intra-op threads for in-process CPU inference"})
+    seed: int = field(default=0, metadata={"help": "seed of the in-process policy's sampling noise"})
+    arm_id: str = field(default="fr3", metadata={"help": "joint names <arm_id>_joint1..7 (fr3, fer, ...)"})
+    robot: str = field(
+        default="fr3",
+        metadata={
+            "help": "joint-limit table, a name in the registry hardware.franka.limits.ROBOTS (fr3, panda); also the "
+            "safety layer's robot"
+        },
+    )
+    controller: str = field(
+        default="fr3_arm_controller",
+        metadata={
+            "help": "JointTrajectoryController name: /<controller>/joint_trajectory or /<controller>/follow_joint_trajectory"
+        },
+    )
+    command_interface: Literal["topic", "action"] = field(
+        default="topic", metadata={"help": "topic (JointTrajectory messages) or action (FollowJointTrajectory goals)"}
+    )
+    gripper: Literal["franka", "none"] = field(
+        default="franka", metadata={"help": "franka (franka_gripper grasp/move actions) or none"}
+    )
+    joint_states_topic: str = field(default="/joint_states", metadata={"help": "sensor_msgs/JointState topic"})
+    cameras: tuple[str, ...] = field(
+        default=DEFAULT_CAMERAS, metadata={"help": "<policy camera>=<image topic> entries"}
+    )
+    compressed_images: bool = field(
+        default=False, metadata={"help": "subscribe to <topic>/compressed (sensor_msgs/CompressedImage)"}
+    )
+    resize_images: bool = field(
+        default=False, metadata={"help": "resize camera frames to the policy's size (else a size mismatch is refused)"}
+    )
+    instruction: str = field(default="", metadata={"help": "default task instruction; instruction_topic overrides it"})
+    instruction_topic: str = field(default="/task_instruction", metadata={"help": "std_msgs/String instruction topic"})
+    state_layout: str = field(
+        default="robomimic_panda",
+        metadata={
+            "help": "how observation.state is built from joint measurements, a name in the registry "
+            "hardware.deployment.STATE_LAYOUTS"
+        },
+    )
+    action_space: str = field(
+        default="ee_delta",
+        metadata={"help": "what the policy's actions mean, a name in the registry hardware.deployment.ACTION_SPACES"},
+    )
+    ee_delta_gain: float = field(
+        default=0.25,
+        metadata={
+            "help": "scales end-effector deltas (action_space ee_delta; other action spaces ignore it), in (0, 1]. "
+            "0.25 for policies trained in robosuite: its compliant OSC covers only about a quarter of each "
+            "commanded delta per step, while a tracking arm covers all of it, so 1.0 overshoots every goal"
+        },
+    )
+    base_pos: tuple[float, ...] = field(
+        default=(0.0, 0.0, 0.0), metadata={"help": "robot base position in the frame the policy was trained in (m)"}
+    )
+    base_quat: tuple[float, ...] = field(
+        default=(1.0, 0.0, 0.0, 0.0), metadata={"help": "robot base orientation in that frame (wxyz)"}
+    )
+    control_hz: float = field(default=20.0, metadata={"help": "the policy's control rate (one action per tick)"})
+    n_action_steps: int = field(default=0, metadata={"help": "actions executed per chunk; 0: the checkpoint's"})
+    temporal_ensemble: float = field(default=-1.0, metadata={"help": "ACT weights exp(-m*i); negative: off"})
+    max_latency_s: float = field(
+        default=0.5, metadata={"help": "a chunk arriving later than this after its observation is refused (s)"}
+    )
+    gripper_hysteresis: float = field(
+        default=0.5, metadata={"help": "a gripper command only when the action crosses +-this (no chatter)"}
+    )
+    gripper_open_width: float = field(default=0.08, metadata={"help": "gripper width to open to (m)"})
+    gripper_speed: float = field(default=0.1, metadata={"help": "gripper speed (m/s)"})
+    grasp_force: float = field(default=20.0, metadata={"help": "grasp force (N)"})
+    grasp_epsilon_outer: float = field(
+        default=0.08, metadata={"help": "a grasp (target width 0) succeeds at any width up to this (m)"}
+    )
+    safety: SafetyConfig = field(
+        default_factory=SafetyConfig,
+        metadata={
+            "help": "the safety layer's limits, parameters safety.<field>; its robot, control_dt and cameras are set "
+            "by the node (from robot, control_hz and the policy's cameras)"
+        },
+    )
 
     def __post_init__(self):
         from hardware.deployment import ACTION_SPACES, STATE_LAYOUTS
 
         if bool(self.checkpoint) == bool(self.server_host):
             raise ValueError("set exactly one of checkpoint (in-process policy) or server_host (policy server)")
-        for choice, allowed in ((self.command_interface, ("topic", "action")), (self.gripper, ("franka", "none"))):
-            if choice not in allowed:
-                raise ValueError(f"unknown option {choice!r}; available: {', '.join(allowed)}")
+        hints = typing.get_type_hints(type(self))
+        for name in ("command_interface", "gripper"):
+            allowed = typing.get_args(hints[name])
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; available: {', '.join(allowed)}")
         STATE_LAYOUTS.get(self.state_layout)
         ACTION_SPACES.get(self.action_space)
         if self.control_hz <= 0:
@@ -89,9 +156,82 @@ class PolicyNodeConfig:
         for entry in self.cameras:
             if "=" not in entry:
                 raise ValueError(f"cameras entries are '<policy camera>=<topic>', got {entry!r}")
+        # the node's robot and control rate are the safety layer's (validated by SafetyConfig)
+        self.safety = dataclasses.replace(self.safety, robot=self.robot, control_dt=1.0 / self.control_hz)
 
     def camera_topics(self) -> dict[str, str]:
         return dict(entry.split("=", 1) for entry in self.cameras)
+
+
+# --------------------------------------------------------------------------- nested config <-> dotted parameters
+def parameter_fields(
+    config_cls: type, exclude: tuple[str, ...] = (), prefix: str = "", default: Any = None
+) -> dict[str, tuple[dataclasses.Field, Any]]:
+    """The leaf fields of a config dataclass by dotted ROS parameter name (``safety.max_step_rad``),
+    each a copy of the field named so, with the default it has in ``config_cls`` (a nested
+    field's default is its value in the parent's default instance), and its type."""
+    hints = typing.get_type_hints(config_cls)
+    leaves: dict[str, tuple[dataclasses.Field, Any]] = {}
+    for f in dataclasses.fields(config_cls):
+        name = prefix + f.name
+        if default is not None:
+            value = getattr(default, f.name)
+        elif f.default is not dataclasses.MISSING:
+            value = f.default
+        else:
+            value = f.default_factory()  # type: ignore[misc]
+        if dataclasses.is_dataclass(hints[f.name]):
+            leaves.update(parameter_fields(hints[f.name], exclude, name + ".", value))
+            continue
+        if name in exclude:
+            continue
+        leaf = copy.copy(f)
+        leaf.name, leaf.default, leaf.default_factory = name, value, dataclasses.MISSING
+        leaves[name] = (leaf, hints[f.name])
+    return leaves
+
+
+def config_from_parameters(config_cls: type, values: Mapping[str, Any]):
+    """Nest dotted parameter values into ``config_cls``; a value not given keeps its default."""
+    hints = typing.get_type_hints(config_cls)
+    nested: dict[str, dict[str, Any]] = {}
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        head, dot, rest = name.partition(".")
+        if dot:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            kwargs[name] = value
+    for head, sub in nested.items():
+        if head not in hints or not dataclasses.is_dataclass(hints[head]):
+            raise ValueError(f"{config_cls.__name__} has no nested config {head!r} (parameters {sorted(sub)})")
+        kwargs[head] = config_from_parameters(hints[head], sub)
+    return config_cls(**kwargs)
+
+
+def ros_parameters(config_cls: type, exclude: tuple[str, ...] = ()) -> type:
+    """``config_cls`` as ``ros_util.declare_config`` reads a config class, with one field per
+    dotted leaf parameter: declare_config declares ``safety.max_step_rad`` like any flat field,
+    and calling the class with the values builds the nested ``config_cls``."""
+    leaves = parameter_fields(config_cls, exclude)
+
+    def build(_cls, **values):
+        return config_from_parameters(config_cls, values)
+
+    return type(
+        f"{config_cls.__name__}Parameters",
+        (),
+        {
+            "__module__": config_cls.__module__,
+            "__doc__": f"The ROS parameters of {config_cls.__name__} (dotted names for nested fields).",
+            "__annotations__": {name: tp for name, (_, tp) in leaves.items()},
+            "__dataclass_fields__": {name: leaf for name, (leaf, _) in leaves.items()},
+            "__new__": build,
+        },
+    )
+
+
+PolicyNodeParameters = ros_parameters(PolicyNodeConfig, exclude=NODE_SET_PARAMETERS)
 
 
 class PolicyNode:
@@ -106,12 +246,18 @@ class PolicyNode:
 
         from hardware.action_chunks import ChunkScheduler, ChunkSchedulerConfig
         from hardware.deployment import (
-            ACTION_SPACES, STATE_LAYOUTS, GripperSwitch, LatencyLog, LocalPolicy, Measurement, RemotePolicy,
+            ACTION_SPACES,
+            STATE_LAYOUTS,
+            GripperSwitch,
+            LatencyLog,
+            LocalPolicy,
+            Measurement,
+            RemotePolicy,
             feature_shapes,
         )
         from hardware.franka.kinematics import PandaKinematics
         from hardware.franka.limits import ROBOTS
-        from hardware.safety import SafetyConfig, SafetyLayer, SafetyState
+        from hardware.safety import SafetyLayer, SafetyState
         from vla import keys
 
         self.node, self.config, self.log = node, config, node.get_logger()
@@ -121,7 +267,9 @@ class PolicyNode:
 
         # ---- the policy (fails loudly: no checkpoint or no server means no node)
         if config.checkpoint:
-            self.policy = LocalPolicy(config.checkpoint, device=config.device, seed=config.seed, threads=config.torch_threads)
+            self.policy = LocalPolicy(
+                config.checkpoint, device=config.device, seed=config.seed, threads=config.torch_threads
+            )
             source = f"checkpoint {config.checkpoint} on {config.device}"
         else:
             self.policy = RemotePolicy(config.server_host, config.server_port, api_key=config.api_key or None)
@@ -136,12 +284,16 @@ class PolicyNode:
             raise ValueError(f"the policy needs camera(s) {missing}; configured: {sorted(self.cameras)}")
         privileged = sorted(set(self.features) - {keys.OBS_STATE} - set(image_features))
         if privileged:
-            raise ValueError(f"the policy needs {privileged}, which a robot cannot measure; deploy a policy trained on "
-                             f"{keys.OBS_STATE} and camera images only")
+            raise ValueError(
+                f"the policy needs {privileged}, which a robot cannot measure; deploy a policy trained on "
+                f"{keys.OBS_STATE} and camera images only"
+            )
         action_cls = ACTION_SPACES.get(config.action_space)
         if meta["action_dim"] != action_cls.action_dim:
-            raise ValueError(f"action space {config.action_space!r} has {action_cls.action_dim} dims; "
-                             f"the policy outputs {meta['action_dim']}")
+            raise ValueError(
+                f"action space {config.action_space!r} has {action_cls.action_dim} dims; "
+                f"the policy outputs {meta['action_dim']}"
+            )
 
         self.kinematics = PandaKinematics(base_pos=config.base_pos, base_quat=config.base_quat)
         base_frame = PandaKinematics()  # the safety layer's workspace box is in the robot base frame
@@ -149,25 +301,25 @@ class PolicyNode:
         # end-effector goals are clipped 1 cm inside the workspace box, so the box check after IK
         # (which refuses and holds) only fires on what clipping cannot fix
         inset = np.full(3, 0.01)
-        goal_box = (np.asarray(config.workspace_min) + inset, np.asarray(config.workspace_max) - inset)
-        self.action_space = action_cls(self.kinematics, gain=config.ee_delta_gain, goal_box=goal_box)
+        goal_box = (np.asarray(config.safety.workspace_min) + inset, np.asarray(config.safety.workspace_max) - inset)
+        gain = config.ee_delta_gain if config.action_space == "ee_delta" else 1.0  # joint targets take no gain
+        self.action_space = action_cls(self.kinematics, gain=gain, goal_box=goal_box)
         self.joint_names = [f"{config.arm_id}_joint{i}" for i in range(1, 8)]
         self.finger_names = [f"{config.arm_id}_finger_joint1", f"{config.arm_id}_finger_joint2"]
         safety_names = list(ROBOTS.get(config.robot).joint_names)
         self._to_safety_names = dict(zip(self.joint_names, safety_names, strict=True))
         self.safety = SafetyLayer(
-            SafetyConfig(robot=config.robot, velocity_scale=config.velocity_scale, accel_scale=config.accel_scale,
-                         max_step_rad=config.max_step_rad, joint_margin_rad=config.joint_margin_rad,
-                         workspace_min=tuple(config.workspace_min), workspace_max=tuple(config.workspace_max),
-                         stale_joint_state_s=config.stale_joint_state_s, stale_image_s=config.stale_image_s,
-                         smooth_start_s=config.smooth_start_s, control_dt=1.0 / config.control_hz,
-                         cameras=tuple(sorted(wanted))),
-            fk=lambda q: base_frame.fk(q)[0],
+            dataclasses.replace(config.safety, cameras=tuple(sorted(wanted))), fk=lambda q: base_frame.fk(q)[0]
         )
         k = config.n_action_steps or meta["n_action_steps"]
-        self.scheduler = ChunkScheduler(ChunkSchedulerConfig(
-            control_dt=1.0 / config.control_hz, n_action_steps=int(k), max_latency_s=config.max_latency_s,
-            temporal_ensemble=config.temporal_ensemble if config.temporal_ensemble >= 0 else None))
+        self.scheduler = ChunkScheduler(
+            ChunkSchedulerConfig(
+                control_dt=1.0 / config.control_hz,
+                n_action_steps=int(k),
+                max_latency_s=config.max_latency_s,
+                temporal_ensemble=config.temporal_ensemble if config.temporal_ensemble >= 0 else None,
+            )
+        )
         self.gripper_switch = GripperSwitch(hysteresis=config.gripper_hysteresis)
         self.latency = LatencyLog()
 
@@ -190,9 +342,12 @@ class PolicyNode:
             if camera not in wanted:
                 continue
             msg_type, topic = (CompressedImage, topic + "/compressed") if config.compressed_images else (Image, topic)
-            node.create_subscription(msg_type, topic, lambda msg, c=camera: self._on_image(c, msg), reliable,
-                                     callback_group=image_group)
-        node.create_subscription(JointState, config.joint_states_topic, self._on_joint_state, 10, callback_group=image_group)
+            node.create_subscription(
+                msg_type, topic, lambda msg, c=camera: self._on_image(c, msg), reliable, callback_group=image_group
+            )
+        node.create_subscription(
+            JointState, config.joint_states_topic, self._on_joint_state, 10, callback_group=image_group
+        )
         node.create_subscription(String, config.instruction_topic, self._on_instruction, 10)
         self.trajectory_pub = node.create_publisher(JointTrajectory, f"/{config.controller}/joint_trajectory", 10)
         self.events_pub = node.create_publisher(String, "/vla/policy_events", 50)
@@ -203,28 +358,36 @@ class PolicyNode:
             from rclpy.action import ActionClient
 
             self.FollowJointTrajectory = FollowJointTrajectory
-            self.trajectory_client = ActionClient(node, FollowJointTrajectory, f"/{config.controller}/follow_joint_trajectory")
+            self.trajectory_client = ActionClient(
+                node, FollowJointTrajectory, f"/{config.controller}/follow_joint_trajectory"
+            )
         self.gripper_clients = None
         if config.gripper == "franka":
             from franka_msgs.action import Grasp, Move
             from rclpy.action import ActionClient
 
             self.Grasp, self.Move = Grasp, Move
-            self.gripper_clients = {"grasp": ActionClient(node, Grasp, "/franka_gripper/grasp"),
-                                    "move": ActionClient(node, Move, "/franka_gripper/move")}
+            self.gripper_clients = {
+                "grasp": ActionClient(node, Grasp, "/franka_gripper/grasp"),
+                "move": ActionClient(node, Move, "/franka_gripper/move"),
+            }
         services = MutuallyExclusiveCallbackGroup()
         node.create_service(Trigger, "~/enable", self._on_enable, callback_group=services)
         node.create_service(Trigger, "~/estop", self._on_estop, callback_group=services)
         node.create_service(Trigger, "~/reset", self._on_reset, callback_group=services)
-        node.create_timer(1.0 / config.control_hz, self._on_control_timer, callback_group=MutuallyExclusiveCallbackGroup())
+        node.create_timer(
+            1.0 / config.control_hz, self._on_control_timer, callback_group=MutuallyExclusiveCallbackGroup()
+        )
         node.create_timer(1.0, self._publish_diagnostics)
         self.running = True
         self.inference_thread = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
         self.inference_thread.start()
-        self.log.info(f"policy from {source}: {meta['head']} head, {meta['inference_steps']} NFE, chunk "
-                      f"{meta['chunk_size']} x {meta['action_dim']}, executing {k} per chunk at {config.control_hz} Hz; "
-                      f"cameras {self.cameras}; action space {config.action_space}; robot {config.robot}. "
-                      f"State: DISABLED (call ~/enable)")
+        self.log.info(
+            f"policy from {source}: {meta['head']} head, {meta['inference_steps']} NFE, chunk "
+            f"{meta['chunk_size']} x {meta['action_dim']}, executing {k} per chunk at {config.control_hz} Hz; "
+            f"cameras {self.cameras}; action space {config.action_space}; robot {config.robot}. "
+            f"State: DISABLED (call ~/enable)"
+        )
 
     # ------------------------------------------------------------------ helpers
     def now(self) -> float:
@@ -299,14 +462,18 @@ class PolicyNode:
                 image = images[camera][0]
                 if image.shape != shape:
                     if not self.config.resize_images:
-                        raise ValueError(f"{camera} image is {image.shape}, the policy was trained on {shape}; "
-                                         "set resize_images:=true to resize")
+                        raise ValueError(
+                            f"{camera} image is {image.shape}, the policy was trained on {shape}; "
+                            "set resize_images:=true to resize"
+                        )
                     image = _resize(image, shape)
                 obs[feature] = image
         if self.policy.metadata.get("use_language"):
             if not instruction.strip():
-                raise ValueError(f"the policy is conditioned on language but there is no instruction: set the "
-                                 f"instruction parameter or publish one on {self.config.instruction_topic}")
+                raise ValueError(
+                    f"the policy is conditioned on language but there is no instruction: set the "
+                    f"instruction parameter or publish one on {self.config.instruction_topic}"
+                )
             obs[keys.TASK] = instruction
         newest = max(images.values(), key=lambda item: item[2]) if images else None
         return obs, measurement.stamp, newest[2] if newest else time.perf_counter()
@@ -342,8 +509,12 @@ class PolicyNode:
             if not np.all(np.isfinite(chunk)) or chunk.ndim != 2 or chunk.shape[1] != self.action_space.action_dim:
                 self.scheduler.cancel_request()
                 kind = "refused_nonfinite" if not np.all(np.isfinite(chunk)) else "refused_shape"
-                self.safety.refuse(self.now(), kind, f"policy chunk of shape {chunk.shape} refused "
-                                   f"({'NaN/inf' if kind == 'refused_nonfinite' else 'wrong shape'}); the arm holds")
+                self.safety.refuse(
+                    self.now(),
+                    kind,
+                    f"policy chunk of shape {chunk.shape} refused "
+                    f"({'NaN/inf' if kind == 'refused_nonfinite' else 'wrong shape'}); the arm holds",
+                )
                 continue
             if not self.scheduler.add_chunk(chunk, obs_stamp, self.now()):
                 continue
@@ -409,7 +580,9 @@ class PolicyNode:
         safety_to_ours = {v: k for k, v in self._to_safety_names.items()}
         msg.joint_names = [safety_to_ours[n] for n in trajectory.names]
         for q, t in zip(trajectory.positions, trajectory.times, strict=True):
-            msg.points.append(self.JointTrajectoryPoint(positions=[float(x) for x in q], time_from_start=s_to_duration(float(t))))
+            msg.points.append(
+                self.JointTrajectoryPoint(positions=[float(x) for x in q], time_from_start=s_to_duration(float(t)))
+            )
         if self.trajectory_client is not None:
             goal = self.FollowJointTrajectory.Goal()
             goal.trajectory = msg
@@ -434,8 +607,10 @@ class PolicyNode:
         response = future.result()
         if response is not None and response.status == GoalStatus.STATUS_ABORTED:
             result = response.result
-            self._controller_failed(f"{self.config.controller} aborted a trajectory (error_code {result.error_code}: "
-                                    f"{result.error_string or 'no message'})")
+            self._controller_failed(
+                f"{self.config.controller} aborted a trajectory (error_code {result.error_code}: "
+                f"{result.error_string or 'no message'})"
+            )
 
     def _controller_failed(self, reason: str) -> None:
         if self.safety.latched_reason is not None:
@@ -451,7 +626,9 @@ class PolicyNode:
             goal.epsilon.inner, goal.epsilon.outer = 0.005, c.grasp_epsilon_outer
             self.gripper_clients["grasp"].send_goal_async(goal)
         else:
-            self.gripper_clients["move"].send_goal_async(self.Move.Goal(width=c.gripper_open_width, speed=c.gripper_speed))
+            self.gripper_clients["move"].send_goal_async(
+                self.Move.Goal(width=c.gripper_open_width, speed=c.gripper_speed)
+            )
         self.log.info(f"gripper: {command}")
 
     # ------------------------------------------------------------------ services
@@ -485,7 +662,9 @@ class PolicyNode:
             return
         self.events_seen = total
         for event in events[-5:]:
-            self.events_pub.publish(self.String(data=json.dumps({"time": event.time, "kind": event.kind, "detail": event.detail})))
+            self.events_pub.publish(
+                self.String(data=json.dumps({"time": event.time, "kind": event.kind, "detail": event.detail}))
+            )
 
     def command_rate_hz(self) -> float:
         t = time.monotonic()
@@ -496,18 +675,29 @@ class PolicyNode:
         from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
         state = self.safety.state
-        level = {self.SafetyState.ENABLED: DiagnosticStatus.OK, self.SafetyState.DISABLED: DiagnosticStatus.OK,
-                 self.SafetyState.HOLD: DiagnosticStatus.WARN}.get(state, DiagnosticStatus.ERROR)
-        values = {"state": state.value, "latched": str(self.safety.latched_reason or ""),
-                  "command_rate_hz": f"{self.command_rate_hz():.1f}", "trajectories_published": str(self.published)}
+        level = {
+            self.SafetyState.ENABLED: DiagnosticStatus.OK,
+            self.SafetyState.DISABLED: DiagnosticStatus.OK,
+            self.SafetyState.HOLD: DiagnosticStatus.WARN,
+        }.get(state, DiagnosticStatus.ERROR)
+        values = {
+            "state": state.value,
+            "latched": str(self.safety.latched_reason or ""),
+            "command_rate_hz": f"{self.command_rate_hz():.1f}",
+            "trajectories_published": str(self.published),
+        }
         for stage, s in self.latency.summary().items():
             values[f"{stage}.p50"], values[f"{stage}.p99"] = f"{s['p50']:.3f}", f"{s['p99']:.3f}"
         values.update({f"safety.{k}": str(v) for k, v in self.safety.counters.items()})
         values["safety.ee_goal_clipped"] = str(self.action_space.goals_clipped)
         values.update({f"chunks.{k}": str(v) for k, v in self.scheduler.counters.items()})
-        status = DiagnosticStatus(level=level, name="vla_policy", message=values["latched"] or state.value,
-                                  hardware_id=self.config.arm_id,
-                                  values=[KeyValue(key=k, value=v) for k, v in values.items()])
+        status = DiagnosticStatus(
+            level=level,
+            name="vla_policy",
+            message=values["latched"] or state.value,
+            hardware_id=self.config.arm_id,
+            values=[KeyValue(key=k, value=v) for k, v in values.items()],
+        )
         msg = self.DiagnosticArray(status=[status])
         msg.header.stamp = self.node.get_clock().now().to_msg()
         self.diagnostics_pub.publish(msg)
@@ -525,7 +715,7 @@ def _resize(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def main(args: list[str] | None = None) -> int:
-    return run_node("vla_policy", PolicyNodeConfig, PolicyNode, args=args)
+    return run_node("vla_policy", PolicyNodeParameters, PolicyNode, args=args)
 
 
 if __name__ == "__main__":

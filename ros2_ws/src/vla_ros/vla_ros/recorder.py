@@ -123,8 +123,10 @@ def type_definition(msgtype: str, *, prefixes: list[Path] | None = None, bundled
         path = _find_msg_file(typename, prefixes)
         if path is None:
             where = ", ".join(str(p / "share") for p in prefixes) or "(AMENT_PREFIX_PATH is empty)"
-            raise ValueError(f"no definition for message type {typename!r}: not in rosbags' Jazzy types and "
-                             f"no {typename.split('/')[0]}/msg/{typename.split('/')[2]}.msg under {where}")
+            raise ValueError(
+                f"no definition for message type {typename!r}: not in rosbags' Jazzy types and "
+                f"no {typename.split('/')[0]}/msg/{typename.split('/')[2]}.msg under {where}"
+            )
         types = get_types_from_msg(path.read_text(), typename)
         store.register(types)
         for _, (_, fields) in types.items():
@@ -232,8 +234,13 @@ class BagWriter:
     def add_topic(self, topic: str, typedef: TypeDefinition, offered_qos: list[Any] = ()) -> None:
         with self._lock:
             self._connections[topic] = self._writer.add_connection(
-                topic, typedef.msgtype, msgdef=typedef.msgdef, rihs01=typedef.rihs01,
-                serialization_format="cdr", offered_qos_profiles=list(offered_qos))
+                topic,
+                typedef.msgtype,
+                msgdef=typedef.msgdef,
+                rihs01=typedef.rihs01,
+                serialization_format="cdr",
+                offered_qos_profiles=list(offered_qos),
+            )
         self.stats.setdefault(topic, TopicStats())
 
     def submit(self, topic: str, timestamp_ns: int, data: bytes) -> bool:
@@ -295,8 +302,9 @@ def message_class(msgtype: str) -> type:
     try:
         return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
     except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot import the Python type of {msgtype!r} ({err}); is its package installed "
-                         "and on PYTHONPATH?") from err
+        raise ValueError(
+            f"cannot import the Python type of {msgtype!r} ({err}); is its package installed and on PYTHONPATH?"
+        ) from err
 
 
 class Recorder:
@@ -347,8 +355,10 @@ class Recorder:
         typedef = type_definition(msgtype)
         wire = str(publishers[0].topic_type_hash)
         if wire.startswith("RIHS01_") and wire != typedef.rihs01:
-            self.log.warning(f"{topic}: the publisher's type hash {wire} differs from the local definition of "
-                             f"{msgtype} ({typedef.rihs01}); the bag records the publisher's hash")
+            self.log.warning(
+                f"{topic}: the publisher's type hash {wire} differs from the local definition of "
+                f"{msgtype} ({typedef.rihs01}); the bag records the publisher's hash"
+            )
             typedef = TypeDefinition(msgtype, typedef.msgdef, wire)
         offered = [p.qos_profile for p in publishers]
         qos = subscription_qos(offered)
@@ -358,13 +368,16 @@ class Recorder:
 
         def on_message(data: bytes) -> None:
             if not bag.submit(topic, clock.now().nanoseconds, data):
-                log.warning(f"writer queue full ({self.config.max_queue}): dropping {topic} messages "
-                            f"({bag.stats[topic].dropped} so far)", throttle_duration_sec=5.0)
+                log.warning(
+                    f"writer queue full ({self.config.max_queue}): dropping {topic} messages "
+                    f"({bag.stats[topic].dropped} so far)",
+                    throttle_duration_sec=5.0,
+                )
 
         self.subscriptions[topic] = self.node.create_subscription(
-            message_class(msgtype), topic, on_message, qos, raw=True)
-        self.log.info(f"recording {topic} [{msgtype}] ({qos.reliability.name.lower()}, "
-                      f"{len(publishers)} publisher(s))")
+            message_class(msgtype), topic, on_message, qos, raw=True
+        )
+        self.log.info(f"recording {topic} [{msgtype}] ({qos.reliability.name.lower()}, {len(publishers)} publisher(s))")
 
     def check_writer(self) -> None:
         if self.bag.error is not None and not self.failed:
@@ -374,8 +387,10 @@ class Recorder:
     def log_stats(self) -> None:
         elapsed = time.monotonic() - self._start
         lines = [f"{topic}: {stats.describe()}" for topic, stats in self.bag.stats.items()]
-        self.log.info(f"{elapsed:.0f} s recorded, queue {self.bag.queued()}/{self.config.max_queue}; "
-                      + ("; ".join(lines) if lines else "no topics yet"))
+        self.log.info(
+            f"{elapsed:.0f} s recorded, queue {self.bag.queued()}/{self.config.max_queue}; "
+            + ("; ".join(lines) if lines else "no topics yet")
+        )
 
     @property
     def fatal(self) -> bool:

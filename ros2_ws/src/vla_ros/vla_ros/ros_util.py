@@ -19,7 +19,7 @@ C = TypeVar("C")
 BUILTIN_PARAMETERS = {"use_sim_time", "start_type_description_service"}  # every Jazzy node declares these
 
 
-def declare_config(node, config_class: type[C]) -> C:
+def declare_config[C](node, config_class: type[C]) -> C:
     """Declare one ROS parameter per field of a config dataclass and build it from their values.
 
     The dataclass's ``__post_init__`` validates, so a bad YAML value stops the node at start-up
@@ -78,9 +78,16 @@ EXECUTOR_SHUTDOWN_TIMEOUT_S = 5.0
 STACK_DUMP_SIGNAL = signal.SIGUSR1  # `kill -USR1 <pid>`: every thread's Python stack to stderr (the log)
 
 
-def run_node(name: str, config_class: type[C], build: Callable[[Any, C], Any], *, num_threads: int = 4,
-             args: list[str] | None = None, explain: Callable[[Exception], str] | None = None,
-             default_executor: str = DEFAULT_EXECUTOR) -> int:
+def run_node[C](
+    name: str,
+    config_class: type[C],
+    build: Callable[[Any, C], Any],
+    *,
+    num_threads: int = 4,
+    args: list[str] | None = None,
+    explain: Callable[[Exception], str] | None = None,
+    default_executor: str = DEFAULT_EXECUTOR,
+) -> int:
     """Every node's life: parameters -> typed config -> ``build(node, config)`` -> spin -> clean exit.
 
     The ``executor`` parameter picks the rclpy executor (``EXECUTORS``; ``num_threads`` is for

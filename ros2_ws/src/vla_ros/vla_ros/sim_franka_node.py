@@ -77,8 +77,14 @@ class SimFrankaNode:
         self.log = node.get_logger()
         # The physics thread builds the simulator: MuJoCo's offscreen (EGL) context belongs to the
         # thread that creates it, and rendering from any other thread returns garbage images.
-        self._sim_config = SimFrankaConfig(task=config.task, control_hz=config.control_hz, image_size=config.image_size,
-                                           cameras=tuple(config.cameras), seed=config.seed, joint_kp=config.joint_kp)
+        self._sim_config = SimFrankaConfig(
+            task=config.task,
+            control_hz=config.control_hz,
+            image_size=config.image_size,
+            cameras=tuple(config.cameras),
+            seed=config.seed,
+            joint_kp=config.joint_kp,
+        )
         self._built, self._go, self._build_error = threading.Event(), threading.Event(), None
         self._reset_requested, self._reset_done, self._reset_seed = threading.Event(), threading.Event(), None
         self.running = True
@@ -102,8 +108,9 @@ class SimFrankaNode:
         self.image_pubs = {c: node.create_publisher(Image, camera_topic(c), reliable) for c in config.cameras}
         self.status_pub = node.create_publisher(String, "/sim/status", 10)
         self.JointState, self.Clock, self.String = JointState, Clock, String
-        node.create_subscription(JointTrajectory, f"/{config.controller}/joint_trajectory", self._on_trajectory, 10,
-                                 callback_group=group)
+        node.create_subscription(
+            JointTrajectory, f"/{config.controller}/joint_trajectory", self._on_trajectory, 10, callback_group=group
+        )
         node.create_service(Trigger, "/sim/reset", self._on_reset, callback_group=group)
 
         from control_msgs.action import FollowJointTrajectory
@@ -112,8 +119,15 @@ class SimFrankaNode:
         accept = lambda _goal: GoalResponse.ACCEPT  # noqa: E731
         cancel = lambda _goal: CancelResponse.ACCEPT  # noqa: E731
         self.action_servers = [
-            ActionServer(node, FollowJointTrajectory, f"/{config.controller}/follow_joint_trajectory",
-                         self._execute_follow, goal_callback=accept, cancel_callback=cancel, callback_group=group),
+            ActionServer(
+                node,
+                FollowJointTrajectory,
+                f"/{config.controller}/follow_joint_trajectory",
+                self._execute_follow,
+                goal_callback=accept,
+                cancel_callback=cancel,
+                callback_group=group,
+            ),
             ActionServer(node, Move, "/franka_gripper/move", self._execute_move, callback_group=group),
             ActionServer(node, Grasp, "/franka_gripper/grasp", self._execute_grasp, callback_group=group),
             ActionServer(node, Homing, "/franka_gripper/homing", self._execute_homing, callback_group=group),
@@ -121,7 +135,8 @@ class SimFrankaNode:
         self.FollowJointTrajectory, self.Grasp, self.Homing, self.Move = FollowJointTrajectory, Grasp, Homing, Move
         self.log.info(
             f"simulated {config.arm_id} on {config.task} ({self.robot.instruction!r}): control {config.control_hz} Hz, "
-            f"cameras {list(config.cameras)} at {config.camera_hz} Hz, real-time factor {config.real_time_factor}")
+            f"cameras {list(config.cameras)} at {config.camera_hz} Hz, real-time factor {config.real_time_factor}"
+        )
 
     # ------------------------------------------------------------------ physics thread
     def start(self) -> None:
@@ -167,7 +182,9 @@ class SimFrankaNode:
                 if now + 1e-9 >= next_camera:
                     stamp = s_to_stamp(now)
                     for camera, pub in self.image_pubs.items():
-                        pub.publish(image_to_msg(self.robot.render(camera), stamp, frame_id=f"{camera}_color_optical_frame"))
+                        pub.publish(
+                            image_to_msg(self.robot.render(camera), stamp, frame_id=f"{camera}_color_optical_frame")
+                        )
                     next_camera += 1.0 / cfg.camera_hz
                 if now + 1e-9 >= next_status:
                     self._publish_status(now)
@@ -188,10 +205,16 @@ class SimFrankaNode:
         self.joint_pub.publish(msg)
 
     def _status(self) -> dict:
-        return {"episode": self.robot.episode, "seed": self.robot.config.seed, "sim_time": round(self.sim_time, 4),
-                "steps": self.robot.steps, "success": bool(self.robot.success),
-                "gripper_width": round(self.robot.gripper_width(), 5), "instruction": self.robot.instruction,
-                **self.counters}
+        return {
+            "episode": self.robot.episode,
+            "seed": self.robot.config.seed,
+            "sim_time": round(self.sim_time, 4),
+            "steps": self.robot.steps,
+            "success": bool(self.robot.success),
+            "gripper_width": round(self.robot.gripper_width(), 5),
+            "instruction": self.robot.instruction,
+            **self.counters,
+        }
 
     def _publish_status(self, now: float) -> None:
         self.status_pub.publish(self.String(data=json.dumps(self._status())))
@@ -289,8 +312,10 @@ class SimFrankaNode:
         result = self.Grasp.Result()
         result.success = request.width - request.epsilon.inner <= final <= request.width + request.epsilon.outer
         if not result.success:
-            result.error = f"grasped width {final:.4f} m outside [{request.width - request.epsilon.inner:.4f}, " \
-                           f"{request.width + request.epsilon.outer:.4f}]"
+            result.error = (
+                f"grasped width {final:.4f} m outside [{request.width - request.epsilon.inner:.4f}, "
+                f"{request.width + request.epsilon.outer:.4f}]"
+            )
         goal_handle.succeed()
         return result
 
@@ -310,7 +335,9 @@ class SimFrankaNode:
             return response
         seed = self._reset_seed
         response.success = True
-        response.message = json.dumps({"episode": self.robot.episode, "seed": seed, "instruction": self.robot.instruction})
+        response.message = json.dumps(
+            {"episode": self.robot.episode, "seed": seed, "instruction": self.robot.instruction}
+        )
         self.log.info(f"episode {self.robot.episode} (seed {seed})")
         return response
 
