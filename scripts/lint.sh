@@ -15,4 +15,6 @@ echo "[lint] ruff check" >&2
 echo "[lint] ruff format --check" >&2
 "$VLA_LINT_BIN/ruff" format --check .
 echo "[lint] mypy ${TYPED[*]}" >&2
-"$VLA_LINT_BIN/mypy" --python-executable "$VIRTUAL_ENV/bin/python" "${TYPED[@]}"
+# The cache lives beside the venvs: every clone (and CI's fresh one) reuses the analysis of torch.
+"$VLA_LINT_BIN/mypy" --cache-dir "${VLA_CACHE_DIR:-$HOME/.cache/vla-stack}/mypy-cache" \
+    --python-executable "$VIRTUAL_ENV/bin/python" "${TYPED[@]}"
