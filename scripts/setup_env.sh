@@ -49,6 +49,19 @@ print_exports() {
     fi
 }
 
+# A small side venv at $1 holding the space-separated pins $2, rebuilt only when the pins change.
+small_venv() {
+    local dir="$1" pins="$2" what="$3" list
+    if [ "$(cat "$dir/.pins" 2>/dev/null)" != "$pins" ]; then
+        log "building the $what environment in $dir"
+        rm -rf "$dir"
+        PYENV_VERSION=3.12.1 "$PY312" -m venv "$dir"
+        read -r -a list <<<"$pins"
+        "$dir/bin/pip" install -q --progress-bar off "${list[@]}" >&2
+        echo "$pins" >"$dir/.pins"
+    fi
+}
+
 # tests/test_setup.py sources this file with VLA_SETUP_FUNCTIONS_ONLY=1 to run the functions
 # above against a scratch cache directory, without installing anything.
 if [ "${VLA_SETUP_FUNCTIONS_ONLY:-0}" = 1 ]; then return 0 2>/dev/null || exit 0; fi
@@ -216,14 +229,7 @@ fi
 # openpi-client 0.1.2 imports typing_extensions without declaring it.
 OPENPI_PINS="openpi-client==0.1.2 typing_extensions"
 OPENPI="$CACHE_DIR/openpi-client-venv"
-if [ "$(cat "$OPENPI/.pins" 2>/dev/null)" != "$OPENPI_PINS" ]; then
-    log "building the openpi-client environment in $OPENPI"
-    rm -rf "$OPENPI"
-    PYENV_VERSION=3.12.1 "$PY312" -m venv "$OPENPI"
-    read -r -a openpi_pins <<<"$OPENPI_PINS"
-    "$OPENPI/bin/pip" install -q --progress-bar off "${openpi_pins[@]}" >&2
-    echo "$OPENPI_PINS" >"$OPENPI/.pins"
-fi
+small_venv "$OPENPI" "$OPENPI_PINS" openpi-client
 
 # ---------------------------------------------------------------- 5c. lint venv
 # ruff (lint + format) and mypy for .ci/run (scripts/lint.sh), in their own small venv so that
@@ -231,14 +237,7 @@ fi
 # main venv's packages through --python-executable.
 LINT_PINS="ruff==0.17.6 mypy==2.4.1"
 LINT="$CACHE_DIR/lint-venv"
-if [ "$(cat "$LINT/.pins" 2>/dev/null)" != "$LINT_PINS" ]; then
-    log "building the lint environment in $LINT"
-    rm -rf "$LINT"
-    PYENV_VERSION=3.12.1 "$PY312" -m venv "$LINT"
-    read -r -a lint_pins <<<"$LINT_PINS"
-    "$LINT/bin/pip" install -q --progress-bar off "${lint_pins[@]}" >&2
-    echo "$LINT_PINS" >"$LINT/.pins"
-fi
+small_venv "$LINT" "$LINT_PINS" lint
 
 # ---------------------------------------------------------------- 6. environment for callers
 print_exports
