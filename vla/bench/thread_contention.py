@@ -54,7 +54,7 @@ class BenchThreadsConfig:
 def _env(budgeted: bool) -> dict[str, str]:
     env = dict(os.environ)
     if budgeted:
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        env["OMP_WAIT_POLICY"] = "PASSIVE"  # what the set-up exports; measured as such whatever the caller has
         for role in ROLE_DEFAULTS:
             env.pop(f"VLA_THREADS_{role.upper()}", None)
     else:
