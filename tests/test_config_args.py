@@ -221,7 +221,8 @@ def test_every_cli_config_field_has_help(command):
 # --------------------------------------------------------------------------- policy node: dotted parameters
 def test_policy_node_config_from_dotted_parameters_equals_the_nested_dataclass():
     from hardware.safety import SafetyConfig
-    from vla_ros.policy_node import PolicyNodeConfig, PolicyNodeParameters, config_from_parameters
+    from vla_ros.policy_node import PolicyNodeConfig
+    from vla_ros.ros_util import config_from_parameters
 
     params = {
         "server_host": "gpu-box",
@@ -237,25 +238,26 @@ def test_policy_node_config_from_dotted_parameters_equals_the_nested_dataclass()
         control_hz=10.0,
         safety=SafetyConfig(max_step_rad=0.03, workspace_min=(0.25, -0.45, 0.03), stale_image_s=0.2),
     )
-    assert config_from_parameters(PolicyNodeConfig, params) == expected
-    assert PolicyNodeParameters(**params) == expected  # what ros_util.declare_config calls
+    assert config_from_parameters(PolicyNodeConfig, params) == expected  # what ros_util.declare_config returns
     # the node's robot and control rate are the safety layer's
     assert expected.safety.robot == "panda" and expected.safety.control_dt == pytest.approx(0.1)
 
 
 def test_policy_node_parameters_are_the_flat_fields_and_dotted_safety_fields():
     from hardware.safety import SafetyConfig
-    from vla_ros.policy_node import NODE_SET_PARAMETERS, PolicyNodeConfig, PolicyNodeParameters
+    from vla_ros.policy_node import NODE_SET_PARAMETERS, PolicyNodeConfig
+    from vla_ros.ros_util import parameter_fields
 
-    names = {f.name for f in dataclasses.fields(PolicyNodeParameters)}
+    leaves = parameter_fields(PolicyNodeConfig, NODE_SET_PARAMETERS)  # what ros_util.declare_config declares
+    names = set(leaves)
     safety = {f"safety.{f.name}" for f in dataclasses.fields(SafetyConfig)}
     flat = {f.name for f in dataclasses.fields(PolicyNodeConfig)} - {"safety"}
     assert names == flat | (safety - set(NODE_SET_PARAMETERS))
     assert {"robot", "safety.max_step_rad", "safety.workspace_min"} <= names
     assert not names & {"max_step_rad", "workspace_min", "safety.robot", "safety.control_dt", "safety.cameras"}
-    defaults = {f.name: f.default for f in dataclasses.fields(PolicyNodeParameters)}
+    defaults = {name: leaf.default for name, (leaf, _) in leaves.items()}
     assert defaults["safety.max_step_rad"] == SafetyConfig().max_step_rad and defaults["ee_delta_gain"] == 0.25
-    hints = typing.get_type_hints(PolicyNodeParameters)
+    hints = {name: tp for name, (_, tp) in leaves.items()}
     assert hints["safety.velocity_scale"] is float and typing.get_args(hints["command_interface"]) == (
         "topic",
         "action",

@@ -257,7 +257,7 @@ def declared_config(cli_args: list[str]):
     """The policy node's config as rclpy hands it the parameters (no spinning, no DDS traffic)."""
     import rclpy
 
-    from vla_ros.policy_node import PolicyNodeParameters
+    from vla_ros.policy_node import NODE_SET_PARAMETERS, PolicyNodeConfig
     from vla_ros.ros_util import declare_config
 
     context = rclpy.Context()
@@ -270,7 +270,7 @@ def declared_config(cli_args: list[str]):
         start_parameter_services=False,
     )
     try:
-        return declare_config(node, PolicyNodeParameters)
+        return declare_config(node, PolicyNodeConfig, exclude=NODE_SET_PARAMETERS)
     finally:
         node.destroy_node()
         rclpy.shutdown(context=context)

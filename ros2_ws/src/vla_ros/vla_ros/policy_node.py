@@ -14,16 +14,14 @@ e-stop latch); anything refused makes the arm hold. Services ~/enable, ~/estop, 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import sys
 import threading
 import time
 import typing
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -161,77 +159,6 @@ class PolicyNodeConfig:
 
     def camera_topics(self) -> dict[str, str]:
         return dict(entry.split("=", 1) for entry in self.cameras)
-
-
-# --------------------------------------------------------------------------- nested config <-> dotted parameters
-def parameter_fields(
-    config_cls: type, exclude: tuple[str, ...] = (), prefix: str = "", default: Any = None
-) -> dict[str, tuple[dataclasses.Field, Any]]:
-    """The leaf fields of a config dataclass by dotted ROS parameter name (``safety.max_step_rad``),
-    each a copy of the field named so, with the default it has in ``config_cls`` (a nested
-    field's default is its value in the parent's default instance), and its type."""
-    hints = typing.get_type_hints(config_cls)
-    leaves: dict[str, tuple[dataclasses.Field, Any]] = {}
-    for f in dataclasses.fields(config_cls):
-        name = prefix + f.name
-        if default is not None:
-            value = getattr(default, f.name)
-        elif f.default is not dataclasses.MISSING:
-            value = f.default
-        else:
-            value = f.default_factory()  # type: ignore[misc]
-        if dataclasses.is_dataclass(hints[f.name]):
-            leaves.update(parameter_fields(hints[f.name], exclude, name + ".", value))
-            continue
-        if name in exclude:
-            continue
-        leaf = copy.copy(f)
-        leaf.name, leaf.default, leaf.default_factory = name, value, dataclasses.MISSING
-        leaves[name] = (leaf, hints[f.name])
-    return leaves
-
-
-def config_from_parameters(config_cls: type, values: Mapping[str, Any]):
-    """Nest dotted parameter values into ``config_cls``; a value not given keeps its default."""
-    hints = typing.get_type_hints(config_cls)
-    nested: dict[str, dict[str, Any]] = {}
-    kwargs: dict[str, Any] = {}
-    for name, value in values.items():
-        head, dot, rest = name.partition(".")
-        if dot:
-            nested.setdefault(head, {})[rest] = value
-        else:
-            kwargs[name] = value
-    for head, sub in nested.items():
-        if head not in hints or not dataclasses.is_dataclass(hints[head]):
-            raise ValueError(f"{config_cls.__name__} has no nested config {head!r} (parameters {sorted(sub)})")
-        kwargs[head] = config_from_parameters(hints[head], sub)
-    return config_cls(**kwargs)
-
-
-def ros_parameters(config_cls: type, exclude: tuple[str, ...] = ()) -> type:
-    """``config_cls`` as ``ros_util.declare_config`` reads a config class, with one field per
-    dotted leaf parameter: declare_config declares ``safety.max_step_rad`` like any flat field,
-    and calling the class with the values builds the nested ``config_cls``."""
-    leaves = parameter_fields(config_cls, exclude)
-
-    def build(_cls, **values):
-        return config_from_parameters(config_cls, values)
-
-    return type(
-        f"{config_cls.__name__}Parameters",
-        (),
-        {
-            "__module__": config_cls.__module__,
-            "__doc__": f"The ROS parameters of {config_cls.__name__} (dotted names for nested fields).",
-            "__annotations__": {name: tp for name, (_, tp) in leaves.items()},
-            "__dataclass_fields__": {name: leaf for name, (leaf, _) in leaves.items()},
-            "__new__": build,
-        },
-    )
-
-
-PolicyNodeParameters = ros_parameters(PolicyNodeConfig, exclude=NODE_SET_PARAMETERS)
 
 
 class PolicyNode:
@@ -715,7 +642,7 @@ def _resize(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def main(args: list[str] | None = None) -> int:
-    return run_node("vla_policy", PolicyNodeParameters, PolicyNode, args=args)
+    return run_node("vla_policy", PolicyNodeConfig, PolicyNode, args=args, node_set_parameters=NODE_SET_PARAMETERS)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import faulthandler
 import io
@@ -10,7 +11,7 @@ import signal
 import subprocess
 import sys
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import numpy as np
@@ -19,39 +20,85 @@ C = TypeVar("C")
 BUILTIN_PARAMETERS = {"use_sim_time", "start_type_description_service"}  # every Jazzy node declares these
 
 
-def declare_config[C](node, config_class: type[C]) -> C:
-    """Declare one ROS parameter per field of a config dataclass and build it from their values.
+def declare_config[C](node, config_class: type[C], exclude: tuple[str, ...] = ()) -> C:
+    """Declare one ROS parameter per leaf field of a config dataclass and build it from their values.
 
+    A nested dataclass field is a group of dotted parameters (``safety.max_step_rad``; in YAML a
+    ``safety:`` block under ``ros__parameters``); ``exclude`` names leaves the node sets itself.
     The dataclass's ``__post_init__`` validates, so a bad YAML value stops the node at start-up
     with the dataclass's message instead of surfacing mid-run. Tuples map to array parameters.
     """
     from rcl_interfaces.msg import ParameterDescriptor
 
-    hints = typing.get_type_hints(config_class)
     values: dict[str, Any] = {}
-    for field in dataclasses.fields(config_class):
-        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
+    for name, (leaf, tp) in parameter_fields(config_class, exclude).items():
+        default = leaf.default
         if default is None:  # ROS parameters are typed by their default: node configs use "" / 0.0 sentinels
-            raise TypeError(f"{config_class.__name__}.{field.name} needs a non-None default to be a ROS parameter")
-        if hints[field.name] is float:  # accept integers from YAML (`period_s: 5`), refuse anything else
-            node.declare_parameter(field.name, float(default), ParameterDescriptor(dynamic_typing=True))
-            value = node.get_parameter(field.name).value
+            raise TypeError(f"{config_class.__name__}.{name} needs a non-None default to be a ROS parameter")
+        if tp is float:  # accept integers from YAML (`period_s: 5`), refuse anything else
+            node.declare_parameter(name, float(default), ParameterDescriptor(dynamic_typing=True))
+            value = node.get_parameter(name).value
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"parameter {field.name} must be a number, got {value!r}")
-            values[field.name] = float(value)
+                raise ValueError(f"parameter {name} must be a number, got {value!r}")
+            values[name] = float(value)
             continue
-        node.declare_parameter(field.name, list(default) if isinstance(default, tuple) else default)
-        value = node.get_parameter(field.name).value
+        node.declare_parameter(name, list(default) if isinstance(default, tuple) else default)
+        value = node.get_parameter(name).value
         if isinstance(default, tuple):  # an empty YAML array leaves the parameter unset: the default
             value = tuple(value) if value is not None else default
-        values[field.name] = value
+        values[name] = value
     # Values given on the command line or in a YAML file but never declared: a typo that would
     # otherwise be ignored silently (rclpy keeps them as overrides until something declares them).
     given = set(getattr(node, "_parameter_overrides", {})) | set(node.get_parameters_by_prefix("").keys())
     unknown = sorted(given - set(values) - BUILTIN_PARAMETERS - RUNTIME_PARAMETERS)
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown} for {node.get_name()}; available: {', '.join(values)}")
-    return config_class(**values)
+    return config_from_parameters(config_class, values)
+
+
+def parameter_fields(
+    config_cls: type, exclude: tuple[str, ...] = (), prefix: str = "", default: Any = None
+) -> dict[str, tuple[dataclasses.Field, Any]]:
+    """The leaf fields of a config dataclass by dotted ROS parameter name (``safety.max_step_rad``),
+    each a copy of the field named so, with the default it has in ``config_cls`` (a nested
+    field's default is its value in the parent's default instance), and its type."""
+    hints = typing.get_type_hints(config_cls)
+    leaves: dict[str, tuple[dataclasses.Field, Any]] = {}
+    for f in dataclasses.fields(config_cls):
+        name = prefix + f.name
+        if default is not None:
+            value = getattr(default, f.name)
+        elif f.default is not dataclasses.MISSING:
+            value = f.default
+        else:
+            value = f.default_factory()  # type: ignore[misc]
+        if dataclasses.is_dataclass(hints[f.name]):
+            leaves.update(parameter_fields(hints[f.name], exclude, name + ".", value))
+            continue
+        if name in exclude:
+            continue
+        leaf = copy.copy(f)
+        leaf.name, leaf.default, leaf.default_factory = name, value, dataclasses.MISSING
+        leaves[name] = (leaf, hints[f.name])
+    return leaves
+
+
+def config_from_parameters(config_cls: type, values: Mapping[str, Any]):
+    """Nest dotted parameter values into ``config_cls``; a value not given keeps its default."""
+    hints = typing.get_type_hints(config_cls)
+    nested: dict[str, dict[str, Any]] = {}
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        head, dot, rest = name.partition(".")
+        if dot:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            kwargs[name] = value
+    for head, sub in nested.items():
+        if head not in hints or not dataclasses.is_dataclass(hints[head]):
+            raise ValueError(f"{config_cls.__name__} has no nested config {head!r} (parameters {sorted(sub)})")
+        kwargs[head] = config_from_parameters(hints[head], sub)
+    return config_cls(**kwargs)
 
 
 def _events_executor(num_threads: int):
@@ -87,6 +134,7 @@ def run_node[C](
     args: list[str] | None = None,
     explain: Callable[[Exception], str] | None = None,
     default_executor: str = DEFAULT_EXECUTOR,
+    node_set_parameters: tuple[str, ...] = (),
 ) -> int:
     """Every node's life: parameters -> typed config -> ``build(node, config)`` -> spin -> clean exit.
 
@@ -95,7 +143,8 @@ def run_node[C](
     unreachable policy server, ...) or ended in a fatal state (``obj.fatal`` turned true: the spin stops), 0 after
     Ctrl-C or SIGTERM. Each failure is logged as one FATAL line and printed to stderr, so a
     launcher shows why a node is gone. ``build`` returns an object with optional ``start()``,
-    ``shutdown()`` (always called, also after a signal) and ``fatal``.
+    ``shutdown()`` (always called, also after a signal) and ``fatal``. ``node_set_parameters``:
+    dotted leaves of a nested config that ``build`` fills in itself, so they are not parameters.
     """
     import rclpy
     from rclpy.executors import ExternalShutdownException
@@ -118,7 +167,7 @@ def run_node[C](
         executor_name = node.get_parameter("executor").value
         if executor_name not in EXECUTORS:
             raise ValueError(f"unknown executor {executor_name!r}; available: {', '.join(EXECUTORS)}")
-        config = declare_config(node, config_class)
+        config = declare_config(node, config_class, exclude=node_set_parameters)
     except Exception as err:  # noqa: BLE001 - rclpy raises its own types for mistyped parameters
         return fail("invalid parameters", err, 2)
     try:
