@@ -40,8 +40,8 @@ def example_observation(policy, seed: int = 0) -> dict:
     """A batch-1 observation with the policy's shapes (its ``ObservationSpec``): dataset means
     for vectors, noise images, an instruction."""
     rng = np.random.default_rng(seed)
-    obs = policy.observation_spec.example(batch_size=1, instruction="lift the red cube off the table")
-    obs[keys.TASK] = ["lift the red cube off the table"]
+    obs = policy.observation_spec.example(batch_size=1)
+    obs[keys.TASK] = ["lift the red cube off the table"]  # also for LeRobot peers, whatever the policy reads
     for key in policy.config.vector_features:
         obs[key] = policy.stats[key]["mean"].numpy()[None].astype(np.float32)
     for key in policy.config.image_features:
