@@ -141,7 +141,7 @@ class ObservationSpec:
             value = obs[key]
             if isinstance(value, (str, bytes, dict)) or value is None:
                 raise ObservationError(f"{key} must be a numeric array, got {type(value).__name__}")
-            arr = np.asarray(value)
+            arr = _as_array(key, value, shape)
             if key in self.images:
                 if arr.dtype != np.uint8:
                     raise ObservationError(f"{key} must be uint8 (H, W, 3) = {shape}, got dtype {arr.dtype}")
@@ -162,9 +162,12 @@ class ObservationSpec:
                 raise ObservationError(
                     f"{key} must have shape {forms}, got {arr.shape} (the policy was trained on {shape})"
                 )
+            if key in self.vectors:
+                with np.errstate(over="ignore", invalid="ignore"):  # checked next: 1e300 (f8) is inf as f4
+                    arr = arr.astype(np.float32)
             if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-                raise ObservationError(f"{key} contains NaN or inf")
-            arrays[key] = arr.astype(np.float32) if key in self.vectors else arr
+                raise ObservationError(f"{key} contains NaN or inf (or values beyond the float32 range)")
+            arrays[key] = arr
             batch_sizes.add(arr.shape[0])
         if len(batched_flags) > 1 or len(batch_sizes) > 1:
             raise ObservationError(
@@ -204,6 +207,17 @@ class ObservationSpec:
         if self.language:
             self._instruction(obs, b)
         return int(b)
+
+
+def _as_array(key: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """``np.asarray(value)``, with a ragged or mixed nested list refused as a bad observation."""
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError):
+        raise ObservationError(
+            f"{key} must be a numeric array of shape {shape}; got a {type(value).__name__} that is not one "
+            "(a ragged or mixed nested list?)"
+        ) from None
 
 
 def _finite(x: Any) -> bool:

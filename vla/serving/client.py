@@ -21,7 +21,7 @@ class PolicyServerError(RuntimeError):
 
 
 class AuthenticationError(PolicyServerError):
-    """The server refused the connection: missing or wrong API key."""
+    """The server refused the connection: missing or wrong API key, or too many wrong keys (429)."""
 
 
 class PolicyClient:
@@ -63,6 +63,12 @@ class PolicyClient:
             status = err.response.status_code
             if status == 401:
                 raise AuthenticationError(f"policy server at {self.address} refused the API key (HTTP 401)") from None
+            if status == 429:
+                retry = err.response.headers.get("Retry-After", "?")
+                raise AuthenticationError(
+                    f"policy server at {self.address} refuses this address for {retry} s after too many wrong "
+                    "API keys (HTTP 429)"
+                ) from None
             raise ConnectionError(f"policy server at {self.address} refused the websocket (HTTP {status})") from None
         except InvalidURI as err:
             raise ValueError(f"bad policy server address {uri!r}: {err}") from None

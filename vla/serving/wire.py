@@ -24,8 +24,23 @@ _NDARRAY, _NPGENERIC = b"__ndarray__", b"__npgeneric__"
 _DATA, _DTYPE, _SHAPE = b"data", b"dtype", b"shape"
 
 
+ECHO_CHARS = 200  # an error message quotes at most this much of the offending input
+
+
 class WireError(ValueError):
     """A message that is not valid openpi msgpack-numpy (or is too large)."""
+
+
+def shorten(text: str, limit: int = ECHO_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, marked as cut."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def short_repr(value: Any, limit: int = ECHO_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters: error replies must not echo a huge input back."""
+    if isinstance(value, (list, tuple, dict, bytes, str)) and len(value) > limit:
+        return f"<{type(value).__name__} of length {len(value)}>"  # not the repr of a huge container
+    return shorten(repr(value), limit)
 
 
 def _check_dtype(dtype: np.dtype) -> None:
@@ -61,7 +76,7 @@ def _decode_dtype(raw: Any) -> np.dtype:
     try:
         dtype = np.dtype(raw)
     except (TypeError, ValueError) as err:
-        raise WireError(f"unknown dtype {raw!r}") from err
+        raise WireError(f"unknown dtype {short_repr(raw)}") from err
     try:
         _check_dtype(dtype)
     except ValueError as err:
@@ -77,7 +92,7 @@ def _decode(obj: dict) -> Any:
         if not isinstance(data, bytes):
             raise WireError(f"array data must be bytes, got {type(data).__name__}")
         if not isinstance(shape, (list, tuple)) or not all(type(n) is int and n >= 0 for n in shape):
-            raise WireError(f"array shape must be a list of non-negative ints, got {shape!r}")
+            raise WireError(f"array shape must be a list of non-negative ints, got {short_repr(shape)}")
         expected = math.prod(shape) * dtype.itemsize
         if expected != len(data):
             raise WireError(f"array of shape {tuple(shape)} and dtype {dtype} needs {expected} bytes, got {len(data)}")
@@ -91,7 +106,7 @@ def _decode(obj: dict) -> Any:
         try:
             return dtype.type(value)
         except (TypeError, ValueError, OverflowError) as err:
-            raise WireError(f"cannot make a {dtype} scalar from {value!r}: {err}") from None
+            raise WireError(f"cannot make a {dtype} scalar from {short_repr(value)}: {shorten(str(err))}") from None
     return obj
 
 
@@ -109,5 +124,5 @@ def unpack(data: bytes | bytearray | memoryview, max_bytes: int | None = DEFAULT
     except WireError:
         raise
     except Exception as err:  # msgpack raises several unrelated types (ExtraData, StackError, ValueError, ...)
-        detail = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        detail = f"{type(err).__name__}: {shorten(str(err))}" if str(err) else type(err).__name__
         raise WireError(f"malformed msgpack message ({detail})") from None
