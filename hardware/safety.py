@@ -22,6 +22,24 @@ Choices (documented because the brief let us pick):
   within the acceleration limit (`braking_speed`), instead of hitting the clip at speed.
 - Jerk is only reported by `check_limits`, not enforced: the trajectory controller splines
   between points at 1 kHz.
+
+Hostile input (each rule has a property test in tests/test_safety_properties.py):
+- A measurement is refused, and the arm holds, when it names an arm joint twice, is not finite,
+  lies outside the joint limits (a sensor fault or the wrong robot table: latched), or carries a
+  stamp more than `max_clock_skew_s` ahead of the caller's clock (two clocks mixed). A stamp
+  within the skew counts as `now`; a stamp not newer than the last one is ignored (not fresh), so
+  a frozen stream that repeats its stamp goes stale. Image stamps follow the same rules, so a
+  camera stamping its frames in the future cannot keep the watchdog fed.
+- Measured and commanded must agree: while commanding, a measurement further than
+  `max_tracking_error_rad` from the setpoint commanded at its stamp latches a fault (collision,
+  reflex, a pushed arm, a jumping encoder).
+- Every point is reachable from the measured pose: a trajectory starts from the commanded
+  setpoint (continuity), but that start is first pulled into the set the arm can have reached
+  since its measurement at the scaled velocity limit, so point i lies within
+  velocity_scale * dq_max * (now + t_i - stamp) of the measured pose (counted as `reanchored`).
+- Holds command the last accepted measured pose (always inside the joint limits).
+- Every event carries a sequence number, so a publisher can send each exactly once
+  (`events_after`).
 """
 
 from __future__ import annotations
@@ -40,6 +58,10 @@ import numpy as np
 from hardware.franka.limits import ROBOTS, JointLimits
 
 log = logging.getLogger("hardware.safety")
+
+# A measured position may exceed the joint-limit table by this much (encoder resolution at a
+# limit); beyond it the measurement is refused and latched as a fault.
+MEASURED_LIMIT_TOLERANCE_RAD = 0.005
 
 Fk = Callable[[np.ndarray], np.ndarray]
 
@@ -82,6 +104,20 @@ class SafetyConfig:
     control_dt: float = field(default=0.05, metadata={"help": "the policy's control period (s)"})
     cameras: tuple[str, ...] = field(default=(), metadata={"help": "camera names the watchdog requires fresh"})
     max_events: int = field(default=256, metadata={"help": "safety events kept for inspection (oldest dropped)"})
+    max_clock_skew_s: float = field(
+        default=0.05,
+        metadata={
+            "help": "a joint-state or image stamp further than this ahead of the node's clock is refused (two clocks "
+            "mixed); within it the stamp counts as now (s)"
+        },
+    )
+    max_tracking_error_rad: float = field(
+        default=0.1,
+        metadata={
+            "help": "largest per-joint distance between the measured pose and the setpoint commanded at its stamp; "
+            "beyond it the arm holds, latched (rad)"
+        },
+    )
 
     def __post_init__(self) -> None:
         limits = ROBOTS.get(self.robot)  # unknown robot -> error listing fr3, panda
@@ -89,7 +125,14 @@ class SafetyConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and 0.0 < value <= 1.0):
                 raise ValueError(f"SafetyConfig.{name} must be in (0, 1], got {value}")
-        for name in ("max_step_rad", "stale_joint_state_s", "stale_image_s", "control_dt"):
+        for name in (
+            "max_step_rad",
+            "stale_joint_state_s",
+            "stale_image_s",
+            "control_dt",
+            "max_clock_skew_s",
+            "max_tracking_error_rad",
+        ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0.0):
                 raise ValueError(f"SafetyConfig.{name} must be a positive finite number, got {value}")
@@ -133,6 +176,7 @@ class SafetyEvent:
     time: float
     kind: str
     detail: str
+    seq: int = 0  # 1, 2, 3, ... in the order recorded: publish each exactly once (events_after)
 
 
 @dataclass(frozen=True)
@@ -304,6 +348,10 @@ class SafetyLayer:
         self._enable_time: float | None = None
         self._start_pose: np.ndarray | None = None
         self._commanded: _Commanded | None = None
+        self._history: deque[_Commanded] = deque(maxlen=32)  # recent commands, to find the one at a stamp
+        self._event_seq = 0
+        self._last_logged: dict[str, float] = {}
+        self.max_tracking_error = 0.0  # the largest |measured - commanded| seen while commanding (rad)
         margin = self.config.joint_margin_rad
         self._lo = self.limits.q_min + margin
         self._hi = self.limits.q_max - margin
@@ -325,13 +373,37 @@ class SafetyLayer:
         with self._lock:
             return None if self._q_measured is None else self._q_measured.copy()
 
+    @property
+    def measured_stamp(self) -> float | None:
+        """The stamp of the accepted measurement (never ahead of the clock it was checked against)."""
+        return self._q_stamp
+
     # ---- bookkeeping -------------------------------------------------------------------------------
 
     def _record(self, now: float, kind: str, detail: str, level: int = logging.DEBUG) -> None:
-        self.events.append(SafetyEvent(float(now), kind, detail))
+        self._event_seq += 1
+        self.events.append(SafetyEvent(float(now), kind, detail, self._event_seq))
         self.counters[kind] = self.counters.get(kind, 0) + 1
         if level > logging.NOTSET:
             log.log(level, "%s: %s", kind, detail)
+
+    def _record_throttled(self, now: float, kind: str, detail: str, period_s: float = 1.0) -> None:
+        """Count every occurrence, but record (and log) an event at most once per period: a
+        30 Hz stream of bad frames must not flood the event log and push the cause out of it."""
+        last = self._last_logged.get(kind)
+        if last is not None and 0.0 <= now - last < period_s:
+            self.counters[kind] = self.counters.get(kind, 0) + 1
+            return
+        self._last_logged[kind] = now
+        self._record(now, kind, detail, logging.WARNING)
+
+    def events_after(self, seq: int) -> tuple[list[SafetyEvent], int]:
+        """Events recorded after sequence number `seq`, and how many of those were already dropped
+        from the bounded log (a publisher that fell that far behind reports the loss)."""
+        with self._lock:
+            new = [e for e in self.events if e.seq > seq]
+            first = new[0].seq if new else self._event_seq + 1
+            return new, max(0, first - seq - 1)
 
     def _refuse(self, now: float, kind: str, detail: str, *, hold: bool = True) -> None:
         """Record and log one refusal; an ENABLED layer drops to HOLD (it never keeps moving on bad data)."""
@@ -353,38 +425,116 @@ class SafetyLayer:
 
     # ---- inputs ------------------------------------------------------------------------------------
 
-    def observe_joint_state(self, names: Sequence[str], positions: Sequence[float] | np.ndarray, stamp: float) -> bool:
-        """Store the measured arm pose (reordered by name); returns False and holds on bad data."""
+    def _stamp_problem(self, stamp: float, now: float) -> str | None:
+        if not math.isfinite(stamp):
+            return f"non-finite stamp {stamp}"
+        if stamp - now > self.config.max_clock_skew_s:
+            return (
+                f"stamp {stamp - now:.3f} s ahead of the node's clock (> max_clock_skew_s "
+                f"{self.config.max_clock_skew_s} s): are two clocks mixed (use_sim_time, unsynchronized PCs)?"
+            )
+        return None
+
+    def observe_joint_state(
+        self,
+        names: Sequence[str],
+        positions: Sequence[float] | np.ndarray,
+        stamp: float,
+        now: float | None = None,
+    ) -> bool:
+        """Store the measured arm pose (reordered by name); returns False and holds on bad data.
+
+        `now` is the caller's clock (default: the stamp itself). See the module docstring for what
+        is refused; a refused measurement never replaces the last accepted one.
+        """
+        now = float(stamp) if now is None else float(now)
         with self._lock:
             try:
                 idx = self.limits.check_names(names)
             except ValueError as err:
-                self._refuse(stamp, "bad_joint_state", str(err))
+                self._refuse(now, "bad_joint_state", str(err)[:500])
                 return False
-            q = np.asarray(positions, dtype=np.float64)
+            try:
+                q = np.asarray(positions, dtype=np.float64)
+            except (TypeError, ValueError) as err:
+                self._refuse(now, "bad_joint_state", f"positions not numeric: {err}"[:500])
+                return False
             if q.ndim != 1 or q.shape[0] != len(names):
-                self._refuse(stamp, "bad_joint_state", f"{len(names)} names but positions of shape {q.shape}")
+                self._refuse(now, "bad_joint_state", f"{len(names)} names but positions of shape {q.shape}")
                 return False
             q = q[idx]
             if not np.all(np.isfinite(q)):
-                self._refuse(stamp, "bad_joint_state", f"non-finite joint positions {q.tolist()}")
+                self._refuse(now, "bad_joint_state", f"non-finite joint positions {q.tolist()}")
                 return False
-            if not math.isfinite(stamp):
-                self._refuse(stamp, "bad_joint_state", f"non-finite stamp {stamp}")
+            problem = self._stamp_problem(stamp, now)
+            if problem is not None:
+                self._refuse(now, "bad_joint_state", f"joint state {problem}")
                 return False
+            stamp = min(float(stamp), now)
+            if self._q_stamp is not None and stamp <= self._q_stamp:
+                self.counters["joint_state_not_newer"] = self.counters.get("joint_state_not_newer", 0) + 1
+                return False  # a repeated or reordered sample is not fresh; the watchdog sees the gap
+            outside = (q < self.limits.q_min - MEASURED_LIMIT_TOLERANCE_RAD) | (
+                q > self.limits.q_max + MEASURED_LIMIT_TOLERANCE_RAD
+            )
+            if np.any(outside):
+                joints = ", ".join(
+                    f"{self.limits.joint_names[j]} = {q[j]:.4f} (limits [{self.limits.q_min[j]:.4f}, "
+                    f"{self.limits.q_max[j]:.4f}])"
+                    for j in np.flatnonzero(outside)
+                )
+                self._refuse(now, "bad_joint_state", f"measured pose outside the {self.config.robot} joint limits")
+                self._latch(now, "measured_outside_limits", f"measured {joints}: sensor fault or wrong robot table?")
+                return False
+            self._check_tracking(q, stamp, now)
             self._q_measured = q
-            self._q_stamp = float(stamp)
+            self._q_stamp = stamp
             return True
 
-    def observe_image(self, camera: str, stamp: float) -> None:
-        """Note that a frame of `camera` arrived (the watchdog checks its age)."""
+    def _command_at(self, t: float) -> np.ndarray | None:
+        """The setpoint commanded at time `t` (None when nothing was commanded then)."""
+        for commanded in reversed(self._history):
+            if commanded.start_time <= t:
+                return commanded.at(t)[0]
+        return None
+
+    def _check_tracking(self, q: np.ndarray, stamp: float, now: float) -> None:
+        if self._latched is not None or self._state not in (SafetyState.ENABLED, SafetyState.HOLD):
+            return
+        setpoint = self._command_at(stamp)
+        if setpoint is None:
+            return
+        error = np.abs(q - setpoint)
+        self.max_tracking_error = max(self.max_tracking_error, float(error.max()))
+        if error.max() > self.config.max_tracking_error_rad:
+            j = int(np.argmax(error))
+            self._latch(
+                now,
+                "tracking",
+                f"measured {self.limits.joint_names[j]} = {q[j]:.4f} is {error[j]:.4f} rad from the commanded "
+                f"{setpoint[j]:.4f} (> max_tracking_error_rad {self.config.max_tracking_error_rad}): collision, "
+                "reflex, a pushed arm or a sensor fault",
+            )
+
+    def observe_image(self, camera: str, stamp: float, now: float | None = None) -> bool:
+        """Note that a frame of `camera` arrived (the watchdog checks its age); False when the frame
+        does not count as fresh (bad stamp, refused with an event; or not newer than the last)."""
+        now = float(stamp) if now is None else float(now)
         with self._lock:
             if camera not in self.config.cameras:
                 known = ", ".join(self.config.cameras) or "(none configured)"
                 raise ValueError(f"unknown camera {camera!r}; SafetyConfig.cameras: {known}")
-            if not math.isfinite(stamp):
-                raise ValueError(f"camera {camera!r}: non-finite stamp {stamp}")
-            self._image_stamps[camera] = float(stamp)
+            problem = self._stamp_problem(stamp, now)
+            if problem is not None:
+                self._record_throttled(now, "bad_image_stamp", f"camera {camera!r}: {problem}")
+                return False
+            stamp = min(float(stamp), now)
+            last = self._image_stamps.get(camera)
+            if last is not None and stamp <= last:
+                self.counters["image_not_newer"] = self.counters.get("image_not_newer", 0) + 1
+                return False
+            self._image_stamps[camera] = stamp
+            return True
 
     # ---- state machine ---------------------------------------------------------------------------
 
@@ -433,7 +583,7 @@ class SafetyLayer:
             self._state = SafetyState.ENABLED
             self._enable_time = float(now)
             self._start_pose = self._q_measured.copy()
-            self._commanded = None
+            self._set_commanded(None)
             self._record(now, "enabled", f"from measured pose {np.round(self._start_pose, 4).tolist()}", logging.INFO)
             return Outcome(True, "enabled")
 
@@ -463,21 +613,29 @@ class SafetyLayer:
             cleared = self._latched
             self._latched = None
             self._state = SafetyState.DISABLED
-            self._commanded = None
+            self._set_commanded(None)
             self._record(now, "reset", f"cleared: {cleared}" if cleared else "nothing latched", logging.INFO)
             return Outcome(True, "reset to disabled")
 
     # ---- outputs -----------------------------------------------------------------------------------
 
+    def _set_commanded(self, commanded: _Commanded | None) -> None:
+        self._commanded = commanded
+        if commanded is None:
+            self._history.clear()
+        else:
+            self._history.append(commanded)
+
     def hold_trajectory(self, now: float) -> SafeTrajectory:
-        """One point at the last measured pose (what a node publishes to hold the arm)."""
+        """One point at the last accepted measured pose (what a node publishes to hold the arm);
+        measurements outside the joint limits are never accepted, and the clip makes sure."""
         with self._lock:
             if self._q_measured is None:
                 raise RuntimeError("no joint state observed yet: there is no pose to hold")
-            q = self._q_measured.copy()
+            q = np.clip(self._q_measured, self.limits.q_min, self.limits.q_max)
             start, _ = self._commanded_state(now)
             dt = self.config.control_dt
-            self._commanded = _Commanded(float(now), np.array([0.0, dt]), np.stack([start, q]))
+            self._set_commanded(_Commanded(float(now), np.array([0.0, dt]), np.stack([start, q])))
             self.counters["hold_published"] = self.counters.get("hold_published", 0) + 1
             return SafeTrajectory(self.limits.joint_names, q[None, :], np.array([dt]), ["hold at measured pose"])
 
@@ -531,9 +689,9 @@ class SafetyLayer:
                 if problem is not None:
                     self._refuse(now, "refused_workspace", problem)
                     return None
-            start, _ = self._commanded_state(now)
-            self._commanded = _Commanded(
-                float(now), np.concatenate([[0.0], t_in]), np.concatenate([start[None, :], positions])
+            start, _ = self._start_state(now)
+            self._set_commanded(
+                _Commanded(float(now), np.concatenate([[0.0], t_in]), np.concatenate([start[None, :], positions]))
             )
             for line in modifications:
                 self._record(now, line.split(":", 1)[0], line)
@@ -541,16 +699,30 @@ class SafetyLayer:
             positions.setflags(write=False)
             return SafeTrajectory(self.limits.joint_names, positions, t_in.copy(), modifications)
 
+    def _start_state(self, now: float) -> tuple[np.ndarray, np.ndarray]:
+        """Where a new trajectory starts: the commanded setpoint, pulled into the poses the arm can
+        have reached since its last measurement at the scaled velocity limit (a setpoint that ran
+        ahead of a lagging or stopped arm would otherwise make the first point unreachable)."""
+        setpoint, velocity = self._commanded_state(now)
+        assert self._q_measured is not None and self._q_stamp is not None
+        reach = self._v_max * max(now - self._q_stamp, 0.0)
+        start = np.clip(setpoint, self._q_measured - reach, self._q_measured + reach)
+        return start, velocity
+
     def _shape(self, targets: np.ndarray, times: np.ndarray, now: float) -> tuple[np.ndarray, list[str]]:
         """Blend, clip, and rate/acceleration-limit the targets point by point (robot joint order)."""
         cfg = self.config
-        q_prev, v_prev = self._commanded_state(now)
-        out = np.empty_like(targets)
         hits: dict[str, tuple[int, set[int]]] = {}
 
         def hit(kind: str, joints: np.ndarray) -> None:
             n, js = hits.get(kind, (0, set()))
             hits[kind] = (n + 1, js | {int(j) for j in joints})
+
+        q_prev, v_prev = self._start_state(now)
+        setpoint, _ = self._commanded_state(now)
+        if np.any(q_prev != setpoint):
+            hit("reanchored", np.flatnonzero(q_prev != setpoint))
+        out = np.empty_like(targets)
 
         t_prev = 0.0
         for i, (target, t) in enumerate(zip(targets, times, strict=True)):
@@ -638,6 +810,7 @@ class SafetyLayer:
                 "cameras": list(self.config.cameras),
                 "enabled_at": self._enable_time if self._state is SafetyState.ENABLED else None,
                 "counters": dict(self.counters),
+                "max_tracking_error_rad": self.max_tracking_error,
                 "last_event": None if not self.events else f"{self.events[-1].kind}: {self.events[-1].detail}",
             }
             if now is not None:

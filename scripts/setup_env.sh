@@ -196,6 +196,18 @@ if [ ! -x "$VENV/bin/vla" ]; then
     "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e "$REPO_ROOT" >&2
 fi
 
+# ---------------------------------------------------------------- 4b. test tools
+# Test-only packages installed on top of the main venv, keyed by their own pins file, so that
+# adding or bumping one never changes the pin hash (an 8 GB rebuild). hypothesis drives the
+# adversarial suites of the safety layer, the policy node and the policy server.
+TEST_PINS="hypothesis==6.170.17"
+if [ "$(cat "$VENV/.test-pins" 2>/dev/null)" != "$TEST_PINS" ]; then
+    log "installing the test tools ($TEST_PINS) into $VENV"
+    read -r -a test_pins <<<"$TEST_PINS"
+    "$VENV/bin/pip" install -q --progress-bar off "${test_pins[@]}" >&2
+    echo "$TEST_PINS" >"$VENV/.test-pins"
+fi
+
 # ---------------------------------------------------------------- 5. robosuite 1.5 sidecar venv
 # RoboMimic's TwoArmTransport and ToolHang exist only in robosuite >= 1.5, which cannot live
 # beside the robosuite 1.4 that LIBERO pins, so sim/robomimic.py runs them in subprocess
