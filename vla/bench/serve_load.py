@@ -43,6 +43,9 @@ class BenchServeConfig:
     requests: int = field(default=20, metadata={"help": "timed requests per client in the load phase"})
     single_requests: int = field(default=200, metadata={"help": "timed requests of the lone client"})
     warmup: int = field(default=3, metadata={"help": "untimed requests per client first"})
+    rounds: int = field(
+        default=2, metadata={"help": "alternating rounds of the lone-client and load phases (noise hits both alike)"}
+    )
     max_batch_sizes: tuple[int, ...] = field(
         default=(1, 32), metadata={"help": "server --max-batch-size values (1: one request per forward pass)"}
     )
@@ -196,13 +199,21 @@ def _row(max_batch: int, clients: int, samples: list, wall_s: float) -> dict:
     }
 
 
+def _pooled(a: tuple[list, float], b: tuple[list, float]) -> tuple[list, float]:
+    """Samples and timed wall seconds of two runs together."""
+    return a[0] + b[0], a[1] + b[1]
+
+
 def _measure(policy: str, max_batch: int, config: BenchServeConfig, log_dir: Path) -> list[dict]:
     """One server: the lone client, then all clients at once."""
     server = ServeProcess(policy, max_batch, config, log_dir / f"serve_batch{max_batch}.log")
+    single: tuple[list, float] = ([], 0.0)
+    load: tuple[list, float] = ([], 0.0)
     try:
         frame = _request_frame(server.port)
-        single = asyncio.run(_load(server.port, frame, 1, config.warmup, config.single_requests))
-        load = asyncio.run(_load(server.port, frame, config.clients, config.warmup, config.requests))
+        for _ in range(config.rounds):
+            single = _pooled(single, asyncio.run(_load(server.port, frame, 1, config.warmup, config.single_requests)))
+            load = _pooled(load, asyncio.run(_load(server.port, frame, config.clients, config.warmup, config.requests)))
     finally:
         server.stop()
     rows = [_row(max_batch, 1, *single), _row(max_batch, config.clients, *load)]
@@ -212,14 +223,16 @@ def _measure(policy: str, max_batch: int, config: BenchServeConfig, log_dir: Pat
 
 
 def run_bench_serve(config: BenchServeConfig) -> list[dict]:
-    if config.clients < 1 or config.requests < 1 or config.single_requests < 1:
-        raise ValueError("clients, requests and single_requests must be at least 1")
+    if min(config.clients, config.requests, config.single_requests, config.rounds) < 1:
+        raise ValueError("clients, requests, single_requests and rounds must be at least 1")
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="vla_bench_serve_") as tmp:
         policy = config.policy or str(tiny_checkpoint(Path(tmp)))
         rows = [row for m in config.max_batch_sizes for row in _measure(policy, m, config, Path(tmp))]
     print(
         f"vla serve on 127.0.0.1, {config.server_threads} torch thread(s), batch window {config.batch_window_ms} ms; "
-        f"{config.clients} concurrent clients x {config.requests} requests, lone client x {config.single_requests}; "
+        f"{config.rounds} rounds of: lone client x {config.single_requests} requests, then {config.clients} "
+        f"concurrent clients x {config.requests}; {os.cpu_count()} cores, load average {load_before:.2f} before; "
         "p50 relative to the lone client on the same server"
     )
     print(
@@ -230,4 +243,6 @@ def run_bench_serve(config: BenchServeConfig) -> list[dict]:
             f"| {row['max_batch_size']} | {row['clients']} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
             f"{row['throughput_rps']:.0f} | {row['mean_batch']:.1f} | {row['p50_vs_single']:.2f}x |"
         )
+    for row in rows:
+        row["load_average_before"] = load_before
     return rows
