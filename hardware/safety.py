@@ -397,6 +397,12 @@ class SafetyLayer:
         self._last_logged[kind] = now
         self._record(now, kind, detail, logging.WARNING)
 
+    def report(self, now: float, kind: str, detail: str) -> None:
+        """Record a condition the caller found (e.g. why no chunk comes) without holding; repeated
+        reports of one kind become one event per second."""
+        with self._lock:
+            self._record_throttled(now, kind, detail)
+
     def events_after(self, seq: int) -> tuple[list[SafetyEvent], int]:
         """Events recorded after sequence number `seq`, and how many of those were already dropped
         from the bounded log (a publisher that fell that far behind reports the loss)."""
@@ -484,7 +490,11 @@ class SafetyLayer:
                     for j in np.flatnonzero(outside)
                 )
                 self._refuse(now, "bad_joint_state", f"measured pose outside the {self.config.robot} joint limits")
-                self._latch(now, "measured_outside_limits", f"measured {joints}: sensor fault or wrong robot table?")
+                self._latch(
+                    now,
+                    "measured_outside_limits",
+                    f"measured pose outside the joint limits, {joints}: a sensor fault or the wrong robot table?",
+                )
                 return False
             self._check_tracking(q, stamp, now)
             self._q_measured = q
@@ -634,7 +644,10 @@ class SafetyLayer:
                 raise RuntimeError("no joint state observed yet: there is no pose to hold")
             q = np.clip(self._q_measured, self.limits.q_min, self.limits.q_max)
             start, _ = self._commanded_state(now)
-            dt = self.config.control_dt
+            # Reached within the velocity limit from the last setpoint too: when measurement and
+            # command disagree (a tracking fault) either may be wrong, and a controller that follows
+            # its setpoint must not be sent across the gap at once.
+            dt = max(self.config.control_dt, float(np.max(np.abs(q - start) / self._v_max)))
             self._set_commanded(_Commanded(float(now), np.array([0.0, dt]), np.stack([start, q])))
             self.counters["hold_published"] = self.counters.get("hold_published", 0) + 1
             return SafeTrajectory(self.limits.joint_names, q[None, :], np.array([dt]), ["hold at measured pose"])

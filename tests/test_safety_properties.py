@@ -188,7 +188,8 @@ class HostileWorld(RuleBasedStateMachine):
         safe = self.layer.filter_trajectory(NAMES, points, times, self.now)
         if safe is None:
             if self.layer.measured_pose is not None:
-                self._check_hold(self.layer.hold_trajectory(self.now))
+                start = self.layer._commanded_state(self.now)[0]
+                self._check_hold(self.layer.hold_trajectory(self.now), start)
             return
         assert state_before is SafetyState.ENABLED and self.layer.latched_reason is None
         assert np.all(np.isfinite(points)), "a chunk with NaN/inf was not refused"
@@ -198,9 +199,11 @@ class HostileWorld(RuleBasedStateMachine):
 
     # ---- what reaches the arm ------------------------------------------------------------------------
 
-    def _check_hold(self, hold):
+    def _check_hold(self, hold, start=None):
         q, _ = self.accepted if self.accepted is not None else (None, None)
         assert hold.positions.shape == (1, 7)
+        if start is not None:  # from the last setpoint within the velocity limit
+            assert np.all(np.abs(hold.positions[0] - start) <= V_MAX * hold.times[0] * (1 + 1e-9) + TOL)
         assert np.all(hold.positions >= FR3.q_min) and np.all(hold.positions <= FR3.q_max)
         if q is not None:
             np.testing.assert_allclose(hold.positions[0], np.clip(q, FR3.q_min, FR3.q_max))

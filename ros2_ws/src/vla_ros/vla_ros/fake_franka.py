@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from hardware.franka.limits import FR3
+from vla_ros.ros_util import s_to_stamp
 
 REALSENSE_COLOR = "/camera/camera/color/image_raw"
 
@@ -37,6 +38,7 @@ class FakeFranka:
         image_hz: float = 30.0,
         trajectory_action: bool = False,
         q0: np.ndarray | None = None,
+        track: bool = True,
     ):
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
@@ -57,6 +59,11 @@ class FakeFranka:
         self.cameras = {topic: tuple(shape) for topic, shape in (cameras or {REALSENSE_COLOR: (32, 32, 3)}).items()}
         self.publish_images = True
         self.malformed_images = False
+        # hostile-input hooks (tests/test_ros_adversarial.py): rewrite each joint state before it is
+        # sent, shift image stamps; `received` keeps the true pose at each trajectory's arrival
+        self.joint_state_hook = None  # (names, positions, stamp_s) -> (names, positions, stamp_s)
+        self.image_stamp_offset_s = 0.0
+        self.received: list[tuple[np.ndarray, object]] = []
         self.trajectories: list = []
         self.goals: list = []  # FollowJointTrajectory goals, as a JointTrajectoryController receives them
         self.abort_goals = False
@@ -70,7 +77,9 @@ class FakeFranka:
         }
         self.joint_pub = self.node.create_publisher(JointState, "/joint_states", 10)
         self.image_pubs = {topic: self.node.create_publisher(Image, topic, 10) for topic in self.cameras}
-        self.node.create_subscription(JointTrajectory, f"/{controller}/joint_trajectory", self.trajectories.append, 50)
+        self.track = track  # follow the received trajectories, as a JointTrajectoryController does
+        self._following: tuple[float, np.ndarray, np.ndarray] | None = None  # (start s, knot times, knots)
+        self.node.create_subscription(JointTrajectory, f"/{controller}/joint_trajectory", self._on_trajectory, 50)
         self.node.create_subscription(
             String, "/vla/policy_events", lambda m: self.events.append(json.loads(m.data)), 50
         )
@@ -93,6 +102,7 @@ class FakeFranka:
         from control_msgs.action import FollowJointTrajectory
 
         self.goals.append(goal_handle.request.trajectory)
+        self._follow(goal_handle.request.trajectory)
         if self.abort_goals:  # what a JointTrajectoryController answers when its hardware went away
             goal_handle.abort()
             return FollowJointTrajectory.Result(
@@ -101,6 +111,34 @@ class FakeFranka:
             )
         goal_handle.succeed()
         return FollowJointTrajectory.Result(error_code=FollowJointTrajectory.Result.SUCCESSFUL)
+
+    def _on_trajectory(self, msg) -> None:
+        if self.track:
+            self.q = self._pose_now(self.node.get_clock().now().nanoseconds * 1e-9)
+        self.received.append((self.q.copy(), msg))
+        self.trajectories.append(msg)
+        self._follow(msg)
+
+    def _follow(self, msg) -> None:
+        """Linear interpolation from the current pose through the points, from the header stamp on."""
+        if not self.track or not msg.points or len(msg.joint_names) != 7:
+            return
+        try:
+            order = [list(msg.joint_names).index(n) for n in self.arm_names]
+        except ValueError:
+            return
+        now = self.node.get_clock().now().nanoseconds * 1e-9
+        start = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9 or now
+        times = [0.0] + [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
+        knots = [self._pose_now(now)] + [np.array([p.positions[i] for i in order]) for p in msg.points]
+        self._following = (start, np.array(times), np.array(knots))
+
+    def _pose_now(self, now: float) -> np.ndarray:
+        if self._following is None:
+            return self.q.copy()
+        start, times, knots = self._following
+        t = min(max(now - start, 0.0), times[-1])
+        return np.array([np.interp(t, times, knots[:, j]) for j in range(7)])
 
     def _spin(self):
         while self.running:
@@ -115,20 +153,33 @@ class FakeFranka:
         return self.node.get_clock().now().to_msg()
 
     def _publish_joints(self):
-        msg = self.JointState(name=self.arm_names + self.finger_names, position=[*map(float, self.q), 0.04, 0.04])
-        msg.header.stamp = self._stamp()
+        if self.track:
+            self.q = self._pose_now(self.node.get_clock().now().nanoseconds * 1e-9)
+        names, positions = self.arm_names + self.finger_names, [*map(float, self.q), 0.04, 0.04]
+        stamp = self.node.get_clock().now().nanoseconds * 1e-9
+        if self.joint_state_hook is not None:
+            names, positions, stamp = self.joint_state_hook(list(names), list(positions), stamp)
+        msg = self.JointState(name=names, position=positions)
+        msg.header.stamp = s_to_stamp(stamp)
         self.joint_pub.publish(msg)
 
     def _publish_images(self):
         if not self.publish_images:
             return
-        stamp = self._stamp()
+        stamp = s_to_stamp(self.node.get_clock().now().nanoseconds * 1e-9 + self.image_stamp_offset_s)
         for topic, (h, w, c) in self.cameras.items():
             msg = self.Image(height=h, width=w, encoding="rgb8", step=w * c)
             msg.header.stamp = stamp
             data = self._pixels[topic]
             msg.data = data[:-7] if self.malformed_images else data
             self.image_pubs[topic].publish(msg)
+
+    def publish_frame(self, height: int, width: int, topic: str = REALSENSE_COLOR) -> None:
+        """One frame of any size (e.g. far larger than the camera's) on a camera topic."""
+        msg = self.Image(height=height, width=width, encoding="rgb8", step=width * 3)
+        msg.header.stamp = self._stamp()
+        msg.data = bytes(height * width * 3)
+        self.image_pubs[topic].publish(msg)
 
     def call(self, service: str, timeout_s: float = 10.0):
         client = self.clients[service]

@@ -19,6 +19,7 @@ import json
 import sys
 import threading
 import time
+import traceback
 import typing
 from dataclasses import dataclass, field
 from typing import Literal
@@ -84,6 +85,13 @@ class PolicyNodeConfig:
     resize_images: bool = field(
         default=False, metadata={"help": "resize camera frames to the policy's size (else a size mismatch is refused)"}
     )
+    max_image_pixels: int = field(
+        default=1920 * 1080,
+        metadata={
+            "help": "with resize_images, larger frames are refused before they are converted (without it, any size "
+            "but the policy's is refused)"
+        },
+    )
     instruction: str = field(default="", metadata={"help": "default task instruction; instruction_topic overrides it"})
     instruction_topic: str = field(default="/task_instruction", metadata={"help": "std_msgs/String instruction topic"})
     state_layout: str = field(
@@ -148,6 +156,8 @@ class PolicyNodeConfig:
         ACTION_SPACES.get(self.action_space)
         if self.control_hz <= 0:
             raise ValueError(f"control_hz must be positive, got {self.control_hz}")
+        if self.max_image_pixels < 1:
+            raise ValueError(f"max_image_pixels must be >= 1, got {self.max_image_pixels}")
         if len(self.base_pos) != 3 or len(self.base_quat) != 4:
             raise ValueError("base_pos needs 3 values and base_quat (wxyz) 4")
         self.cameras = tuple(self.cameras)
@@ -260,8 +270,18 @@ class PolicyNode:
         self.published = 0
         self.rate_window: list[float] = []
         self.error_log_times: dict[str, float] = {}
-        self.events_seen = 0
+        self.last_event_seq = 0  # events up to this sequence number are published
+        self.enabled_at: float | None = None
         self.was_enabled = False
+        # stall detection: the reason inference is not producing chunks, and since when
+        self.stall_reason: str | None = None
+        self.last_chunk_time: float | None = None
+        self.stall_limit_s = config.max_latency_s + self.scheduler.config.n_action_steps / config.control_hz
+        # action goals are sent from the executor's thread (rclpy's action client is not thread-safe:
+        # goals sent from the inference thread lost their responses): other threads queue them and
+        # hand the executor a task (create_task is thread-safe; EventsExecutor has no guard conditions)
+        self.pending_goals: list[tuple[object, object, object]] = []  # (client, goal, done callback)
+        self.pending_lock = threading.Lock()
 
         image_group = ReentrantCallbackGroup()
         reliable = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
@@ -327,42 +347,78 @@ class PolicyNode:
             self.log.error(message)
 
     # ------------------------------------------------------------------ inputs
+    def _oversized(self, camera: str, msg) -> str | None:
+        """Why a frame is refused before conversion (decoding a 4000x4000 frame costs ~270 MB)."""
+        if hasattr(msg, "format"):  # compressed: the byte count bounds the work until decoding
+            limit = 3 * self.config.max_image_pixels
+            return f"{len(msg.data)} compressed bytes > {limit}" if len(msg.data) > limit else None
+        h, w = int(msg.height), int(msg.width)
+        shape = self.features.get(self.keys.image_key(camera))
+        if not self.config.resize_images and shape is not None and (h, w) != tuple(shape[:2]):
+            return f"{w}x{h} frame, the policy was trained on {shape[1]}x{shape[0]}; set resize_images:=true to resize"
+        if h * w > self.config.max_image_pixels:
+            return f"{w}x{h} frame > max_image_pixels {self.config.max_image_pixels}"
+        return None
+
     def _on_image(self, camera: str, msg) -> None:
         received = time.perf_counter()
-        try:
-            image = msg_to_image(msg)
-        except ValueError as err:
-            self.safety.counters["malformed_image"] = self.safety.counters.get("malformed_image", 0) + 1
-            self._throttled_error(f"image-{camera}", f"dropped a malformed {camera} image: {err}")
-            return
         now = self.now()
-        stamp = stamp_to_s(msg.header.stamp) or now
+        problem = self._oversized(camera, msg)
+        if problem is None:
+            try:
+                image = msg_to_image(msg)
+            except ValueError as err:
+                problem = str(err)
+        if problem is not None:
+            self.safety.counters["malformed_image"] = self.safety.counters.get("malformed_image", 0) + 1
+            self._note_stall(now, f"{camera} image refused: {problem}")
+            self._throttled_error(f"image-{camera}", f"dropped a {camera} image: {problem}")
+            return
+        stamp = stamp_to_s(msg.header.stamp)
+        if stamp == 0.0:  # an unstamped frame's age is unknown: it never counts as fresh
+            self._note_stall(now, f"{camera} image unstamped (header.stamp 0)")
+            return
         self.latency.add("image_age_ms", (now - stamp) * 1e3)
+        if not self.safety.observe_image(camera, stamp, now):
+            return  # refused (clock skew, counted and reported by the safety layer) or not newer
         with self.lock:
-            self.images[camera] = (image, stamp, received)
-        self.safety.observe_image(camera, stamp)
+            self.images[camera] = (image, min(stamp, now), received)
         self.frame_event.set()
 
     def _on_joint_state(self, msg) -> None:
-        names = list(msg.name)
-        positions = np.asarray(msg.position, dtype=np.float64)
-        if len(positions) != len(names):
-            self._throttled_error("joint_state", f"joint state with {len(names)} names but {len(positions)} positions")
-            return
-        index = {n: i for i, n in enumerate(names)}
-        arm = [n for n in self.joint_names if n in index]
+        """Hand the whole message to the safety layer: it refuses duplicated, missing, non-finite,
+        out-of-limit and future-stamped arm joints; the fingers are checked here."""
         now = self.now()
-        stamp = stamp_to_s(msg.header.stamp) or now
-        self.latency.add("joint_state_age_ms", (now - stamp) * 1e3)
-        if len(arm) != 7:
-            # hand the safety layer what arrived so it refuses (and logs) with the names it got
-            self.safety.observe_joint_state(names, positions, stamp)
+        names = list(msg.name)
+        try:
+            positions = np.asarray(msg.position, dtype=np.float64)
+        except (TypeError, ValueError):
+            positions = np.full(len(msg.position), np.nan)
+        stamp = stamp_to_s(msg.header.stamp)
+        problem = None
+        if len(positions) != len(names):
+            problem = f"joint state with {len(names)} names but {len(positions)} positions"
+        elif len(set(names)) != len(names):
+            problem = f"joint state names repeated: {sorted({n for n in names if names.count(n) > 1})}"
+        elif stamp == 0.0:
+            problem = "joint state unstamped (header.stamp 0): its age cannot be known"
+        else:
+            index = {n: i for i, n in enumerate(names)}
+            fingers = np.array([positions[index[n]] if n in index else 0.0 for n in self.finger_names])
+            if not np.all(np.isfinite(fingers)):
+                problem = f"non-finite finger positions {fingers.tolist()}"
+        if problem is not None:
+            self.safety.refuse(now, "bad_joint_state", problem)
+            self._note_stall(now, problem)
             return
-        q = positions[[index[n] for n in self.joint_names]]
-        fingers = np.array([positions[index[n]] if n in index else 0.0 for n in self.finger_names])
-        if self.safety.observe_joint_state([self._to_safety_names[n] for n in self.joint_names], q, stamp):
+        self.latency.add("joint_state_age_ms", (now - stamp) * 1e3)
+        safety_names = [self._to_safety_names.get(n, n) for n in names]
+        if self.safety.observe_joint_state(safety_names, positions, stamp, now):
+            q = self.safety.measured_pose
+            measured_stamp = self.safety.measured_stamp
+            assert q is not None and measured_stamp is not None
             with self.lock:
-                self.measurement = self.Measurement(q=q, fingers=fingers, stamp=stamp)
+                self.measurement = self.Measurement(q=q, fingers=fingers, stamp=measured_stamp)
 
     def _on_instruction(self, msg) -> None:
         with self.lock:
@@ -406,63 +462,106 @@ class PolicyNode:
         return obs, measurement.stamp, newest[2] if newest else time.perf_counter()
 
     def _inference_loop(self) -> None:
+        """Never dies: an unexpected error latches the arm (estop) and the loop goes on, so
+        diagnostics and ~/reset keep their meaning."""
+        while self.running:
+            try:
+                self._inference_step()
+            except Exception as err:  # noqa: BLE001 - the loop must outlive any one failure
+                if not (self.running and self.node.context.ok()):
+                    return  # shutting down: rclpy's context is already gone
+                self.scheduler.cancel_request()
+                reason = f"inference thread error {type(err).__name__}: {err}"
+                self.safety.estop(reason[:500], now=self.now())
+                self.log.error(f"{reason}; arm holds (latched; ~/reset to clear)\n{traceback.format_exc()}")
+                time.sleep(0.1)
+
+    def _inference_step(self) -> None:
         from hardware.deployment import check_observation
 
-        while self.running:
-            if not (self.safety.state is self.SafetyState.ENABLED and self.scheduler.needs_inference(self.now())):
-                time.sleep(0.002)
-                continue
-            self.frame_event.clear()
-            if not self.frame_event.wait(timeout=0.2):  # take the observation right after a fresh frame
-                continue
-            self.scheduler.mark_requested()
-            t0 = time.perf_counter()
-            try:
-                obs, obs_stamp, frame_received = self._snapshot()
-                check_observation(self.policy.metadata, obs)
-            except ValueError as err:
-                self.scheduler.cancel_request()
-                self._throttled_error("observation", f"no inference: {err}")
-                continue
-            t1 = time.perf_counter()
-            try:
-                chunk = self.policy.infer(obs)
-            except Exception as err:  # a dead server or a failing model: hold and latch, loudly
-                self.scheduler.cancel_request()
-                self.safety.estop(f"policy inference failed: {err}", now=self.now())
-                self.log.error(f"policy inference failed, arm holds (latched; ~/reset to clear): {err}")
-                continue
-            t2 = time.perf_counter()
-            if not np.all(np.isfinite(chunk)) or chunk.ndim != 2 or chunk.shape[1] != self.action_space.action_dim:
-                self.scheduler.cancel_request()
-                kind = "refused_nonfinite" if not np.all(np.isfinite(chunk)) else "refused_shape"
-                self.safety.refuse(
-                    self.now(),
-                    kind,
-                    f"policy chunk of shape {chunk.shape} refused "
-                    f"({'NaN/inf' if kind == 'refused_nonfinite' else 'wrong shape'}); the arm holds",
-                )
-                continue
-            if not self.scheduler.add_chunk(chunk, obs_stamp, self.now()):
-                continue
-            try:
-                published = self._control_step(source="chunk")
-            except Exception:  # noqa: BLE001 - only at shutdown: rclpy's context is already gone
-                if self.running and self.node.context.ok():
-                    raise
-                return
-            t3 = time.perf_counter()
-            self.latency.add("inference_ms", (t2 - t1) * 1e3)
-            self.latency.add("observation_ms", (t1 - t0) * 1e3)
-            if published:
-                self.latency.add("chunk_to_trajectory_ms", (t3 - t2) * 1e3)
-                self.latency.add("frame_to_trajectory_excl_inference_ms", (t3 - frame_received - (t2 - t1)) * 1e3)
+        if not (self.safety.state is self.SafetyState.ENABLED and self.scheduler.needs_inference(self.now())):
+            time.sleep(0.002)
+            return
+        self.frame_event.clear()
+        if not self.frame_event.wait(timeout=0.2):  # take the observation right after a fresh frame
+            self._note_stall(self.now(), "no fresh camera frame")
+            return
+        self.scheduler.mark_requested()
+        t0 = time.perf_counter()
+        try:
+            obs, obs_stamp, frame_received = self._snapshot()
+            check_observation(self.policy.metadata, obs)
+        except ValueError as err:
+            self.scheduler.cancel_request()
+            self._note_stall(self.now(), f"no inference: {err}")
+            self._throttled_error("observation", f"no inference: {err}")
+            return
+        t1 = time.perf_counter()
+        try:
+            chunk = self.policy.infer(obs)
+        except Exception as err:  # a dead server or a failing model: hold and latch, loudly
+            self.scheduler.cancel_request()
+            self.safety.estop(f"policy inference failed: {err}"[:500], now=self.now())
+            self.log.error(f"policy inference failed, arm holds (latched; ~/reset to clear): {err}")
+            return
+        t2 = time.perf_counter()
+        if not np.all(np.isfinite(chunk)) or chunk.ndim != 2 or chunk.shape[1] != self.action_space.action_dim:
+            self.scheduler.cancel_request()
+            kind = "refused_nonfinite" if not np.all(np.isfinite(chunk)) else "refused_shape"
+            self.safety.refuse(
+                self.now(),
+                kind,
+                f"policy chunk of shape {chunk.shape} refused "
+                f"({'NaN/inf' if kind == 'refused_nonfinite' else 'wrong shape'}); the arm holds",
+            )
+            return
+        now = self.now()
+        try:
+            accepted = self.scheduler.add_chunk(chunk, min(obs_stamp, now), now)
+        except ValueError as err:  # e.g. a chunk shorter than n_action_steps: refuse, hold, say why
+            self.scheduler.cancel_request()
+            self.safety.refuse(now, "refused_chunk", f"policy chunk refused: {err}")
+            return
+        if not accepted:
+            self._note_stall(now, "chunks arrive too late (max_latency_s)")
+            return
+        self.last_chunk_time, self.stall_reason = now, None
+        published = self._control_step(source="chunk")
+        t3 = time.perf_counter()
+        self.latency.add("inference_ms", (t2 - t1) * 1e3)
+        self.latency.add("observation_ms", (t1 - t0) * 1e3)
+        if published:
+            self.latency.add("chunk_to_trajectory_ms", (t3 - t2) * 1e3)
+            self.latency.add("frame_to_trajectory_excl_inference_ms", (t3 - frame_received - (t2 - t1)) * 1e3)
+
+    def _note_stall(self, now: float, reason: str) -> None:
+        """Remember why no chunk is coming (diagnostics say it at once, an event at most once a
+        second); the control timer holds once it lasts longer than stall_limit_s."""
+        self.stall_reason = reason
+        if self.safety.state is self.SafetyState.ENABLED:
+            self.safety.report(now, "not_acting", reason)
+
+    def _check_stall(self, now: float) -> None:
+        """ENABLED without a new chunk for stall_limit_s (max_latency_s + one execution horizon): hold."""
+        since = self.last_chunk_time if self.last_chunk_time is not None else self.enabled_at
+        if since is None or now - since <= self.stall_limit_s:
+            return
+        reason = self.stall_reason or "no chunk from the policy"
+        self.safety.refuse(
+            now, "stalled", f"no new chunk for {now - since:.2f} s (> {self.stall_limit_s:.2f} s): {reason}"
+        )
+        self.log.error(f"stalled, arm holds: {reason} (fix the input, then ~/enable)")
 
     # ------------------------------------------------------------------ control
     def _on_control_timer(self) -> None:
         now = self.now()
         self.safety.check_watchdog(now)
         enabled = self.safety.state is self.SafetyState.ENABLED
+        if enabled and not self.was_enabled:
+            self.enabled_at, self.last_chunk_time = now, None
+        if enabled:
+            self._check_stall(now)
+            enabled = self.safety.state is self.SafetyState.ENABLED
         if enabled:
             self._control_step(source="timer")
         elif self.was_enabled and self.safety.measured_pose is not None:
@@ -513,11 +612,28 @@ class PolicyNode:
         if self.trajectory_client is not None:
             goal = self.FollowJointTrajectory.Goal()
             goal.trajectory = msg
-            self.trajectory_client.send_goal_async(goal).add_done_callback(self._on_goal_response)
+            self._queue_goal(self.trajectory_client, goal, self._on_goal_response)
         else:
             self.trajectory_pub.publish(msg)
         self.published += 1
         self.rate_window.append(time.monotonic())
+
+    def _queue_goal(self, client, goal, done=None) -> None:
+        with self.pending_lock:
+            self.pending_goals.append((client, goal, done))
+        executor = self.node.executor
+        if executor is None:  # not spinning yet (or any more): nothing can be sent
+            return
+        executor.create_task(self._send_pending_goals)
+
+    def _send_pending_goals(self) -> None:
+        """Runs in the executor (the guard condition's callback): send the queued action goals."""
+        with self.pending_lock:
+            pending, self.pending_goals = self.pending_goals, []
+        for client, goal, done in pending:
+            future = client.send_goal_async(goal)
+            if done is not None:
+                future.add_done_callback(done)
 
     def _on_goal_response(self, future) -> None:
         """A controller that refuses goals (e.g. deactivated after a Franka reflex) latches the node."""
@@ -551,10 +667,10 @@ class PolicyNode:
         if command == "close":
             goal = self.Grasp.Goal(width=0.0, speed=c.gripper_speed, force=c.grasp_force)
             goal.epsilon.inner, goal.epsilon.outer = 0.005, c.grasp_epsilon_outer
-            self.gripper_clients["grasp"].send_goal_async(goal)
+            self._queue_goal(self.gripper_clients["grasp"], goal)
         else:
-            self.gripper_clients["move"].send_goal_async(
-                self.Move.Goal(width=c.gripper_open_width, speed=c.gripper_speed)
+            self._queue_goal(
+                self.gripper_clients["move"], self.Move.Goal(width=c.gripper_open_width, speed=c.gripper_speed)
             )
         self.log.info(f"gripper: {command}")
 
@@ -583,15 +699,21 @@ class PolicyNode:
 
     # ------------------------------------------------------------------ diagnostics
     def _publish_events(self) -> None:
-        events = list(self.safety.events)
-        total = sum(self.safety.counters.values())  # cheap change detector
-        if total == self.events_seen:
-            return
-        self.events_seen = total
-        for event in events[-5:]:
+        """Each safety event exactly once, in order; a gap (more events than the layer keeps between
+        two ticks) is published as an ``events_lost`` event with the count."""
+        events, lost = self.safety.events_after(self.last_event_seq)
+        if lost:
             self.events_pub.publish(
-                self.String(data=json.dumps({"time": event.time, "kind": event.kind, "detail": event.detail}))
+                self.String(data=json.dumps({"time": self.now(), "kind": "events_lost", "detail": str(lost), "seq": 0}))
             )
+        for event in events:
+            self.events_pub.publish(
+                self.String(
+                    data=json.dumps({"time": event.time, "kind": event.kind, "detail": event.detail, "seq": event.seq})
+                )
+            )
+        if events:
+            self.last_event_seq = events[-1].seq
 
     def command_rate_hz(self) -> float:
         t = time.monotonic()
@@ -607,9 +729,17 @@ class PolicyNode:
             self.SafetyState.DISABLED: DiagnosticStatus.OK,
             self.SafetyState.HOLD: DiagnosticStatus.WARN,
         }.get(state, DiagnosticStatus.ERROR)
+        message = str(self.safety.latched_reason or "") or state.value
+        stall = self.stall_reason if state is not self.SafetyState.DISABLED else None
+        if stall and level == DiagnosticStatus.OK:
+            level, message = DiagnosticStatus.WARN, f"{state.value}, not acting: {stall}"
+        if not self.inference_thread.is_alive() and self.running:
+            level, message = DiagnosticStatus.ERROR, "inference thread is not running: restart the node"
         values = {
             "state": state.value,
             "latched": str(self.safety.latched_reason or ""),
+            "stall": str(stall or ""),
+            "max_tracking_error_rad": f"{self.safety.max_tracking_error:.4f}",
             "command_rate_hz": f"{self.command_rate_hz():.1f}",
             "trajectories_published": str(self.published),
         }
@@ -621,7 +751,7 @@ class PolicyNode:
         status = DiagnosticStatus(
             level=level,
             name="vla_policy",
-            message=values["latched"] or state.value,
+            message=message,
             hardware_id=self.config.arm_id,
             values=[KeyValue(key=k, value=v) for k, v in values.items()],
         )
