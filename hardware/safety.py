@@ -387,21 +387,22 @@ class SafetyLayer:
         if level > logging.NOTSET:
             log.log(level, "%s: %s", kind, detail)
 
-    def _record_throttled(self, now: float, kind: str, detail: str, period_s: float = 1.0) -> None:
-        """Count every occurrence, but record (and log) an event at most once per period: a
-        30 Hz stream of bad frames must not flood the event log and push the cause out of it."""
-        last = self._last_logged.get(kind)
+    def _record_throttled(self, now: float, kind: str, detail: str, key: str = "", period_s: float = 1.0) -> None:
+        """Count every occurrence, but record (and log) an event at most once per period per
+        (kind, key): a 100 Hz stream of bad messages must not flood the event log and push the
+        cause out of it, while a different cause still shows at once."""
+        last = self._last_logged.get(kind + "/" + key)
         if last is not None and 0.0 <= now - last < period_s:
             self.counters[kind] = self.counters.get(kind, 0) + 1
             return
-        self._last_logged[kind] = now
+        self._last_logged[kind + "/" + key] = now
         self._record(now, kind, detail, logging.WARNING)
 
     def report(self, now: float, kind: str, detail: str) -> None:
         """Record a condition the caller found (e.g. why no chunk comes) without holding; repeated
         reports of one kind become one event per second."""
         with self._lock:
-            self._record_throttled(now, kind, detail)
+            self._record_throttled(now, kind, detail, detail[:60])
 
     def events_after(self, seq: int) -> tuple[list[SafetyEvent], int]:
         """Events recorded after sequence number `seq`, and how many of those were already dropped
@@ -411,17 +412,27 @@ class SafetyLayer:
             first = new[0].seq if new else self._event_seq + 1
             return new, max(0, first - seq - 1)
 
-    def _refuse(self, now: float, kind: str, detail: str, *, hold: bool = True) -> None:
-        """Record and log one refusal; an ENABLED layer drops to HOLD (it never keeps moving on bad data)."""
-        self._record(now, kind, detail, logging.WARNING)
+    def _refuse(
+        self, now: float, kind: str, detail: str, *, hold: bool = True, throttle_key: str | None = None
+    ) -> None:
+        """Record and log one refusal; an ENABLED layer drops to HOLD (it never keeps moving on bad data).
+        With `throttle_key`, a refusal that repeats with every message of a stream is one event per
+        second per key (the counter still counts each)."""
+        if throttle_key is not None:
+            self._record_throttled(now, kind, detail, throttle_key)
+        else:
+            self._record(now, kind, detail, logging.WARNING)
         if hold and self._state is SafetyState.ENABLED:
             self._state = SafetyState.HOLD
             self._record(now, "hold", f"holding after {kind}", logging.WARNING)
 
-    def refuse(self, now: float, kind: str, detail: str) -> None:
+    def _refuse_measurement(self, now: float, reason: str, detail: str) -> None:
+        self._refuse(now, "bad_joint_state", detail, throttle_key=reason)
+
+    def refuse(self, now: float, kind: str, detail: str, throttle_key: str | None = None) -> None:
         """Refuse something the caller checked itself (e.g. a NaN chunk before it becomes joint targets)."""
         with self._lock:
-            self._refuse(now, kind, detail)
+            self._refuse(now, kind, detail, throttle_key=throttle_key)
 
     def _latch(self, now: float, kind: str, reason: str) -> None:
         self._latched = reason
@@ -458,23 +469,23 @@ class SafetyLayer:
             try:
                 idx = self.limits.check_names(names)
             except ValueError as err:
-                self._refuse(now, "bad_joint_state", str(err)[:500])
+                self._refuse_measurement(now, "names", str(err)[:500])
                 return False
             try:
                 q = np.asarray(positions, dtype=np.float64)
             except (TypeError, ValueError) as err:
-                self._refuse(now, "bad_joint_state", f"positions not numeric: {err}"[:500])
+                self._refuse_measurement(now, "shape", f"positions not numeric: {err}"[:500])
                 return False
             if q.ndim != 1 or q.shape[0] != len(names):
-                self._refuse(now, "bad_joint_state", f"{len(names)} names but positions of shape {q.shape}")
+                self._refuse_measurement(now, "shape", f"{len(names)} names but positions of shape {q.shape}")
                 return False
             q = q[idx]
             if not np.all(np.isfinite(q)):
-                self._refuse(now, "bad_joint_state", f"non-finite joint positions {q.tolist()}")
+                self._refuse_measurement(now, "non_finite", f"non-finite joint positions {q.tolist()}")
                 return False
             problem = self._stamp_problem(stamp, now)
             if problem is not None:
-                self._refuse(now, "bad_joint_state", f"joint state {problem}")
+                self._refuse_measurement(now, "stamp", f"joint state {problem}")
                 return False
             stamp = min(float(stamp), now)
             if self._q_stamp is not None and stamp <= self._q_stamp:
@@ -489,12 +500,13 @@ class SafetyLayer:
                     f"{self.limits.q_max[j]:.4f}])"
                     for j in np.flatnonzero(outside)
                 )
-                self._refuse(now, "bad_joint_state", f"measured pose outside the {self.config.robot} joint limits")
-                self._latch(
-                    now,
-                    "measured_outside_limits",
-                    f"measured pose outside the joint limits, {joints}: a sensor fault or the wrong robot table?",
-                )
+                self._refuse_measurement(now, "limits", f"measured pose outside the {self.config.robot} joint limits")
+                if self._latched is None:
+                    self._latch(
+                        now,
+                        "measured_outside_limits",
+                        f"measured pose outside the joint limits, {joints}: a sensor fault or the wrong robot table?",
+                    )
                 return False
             self._check_tracking(q, stamp, now)
             self._q_measured = q
@@ -536,7 +548,7 @@ class SafetyLayer:
                 raise ValueError(f"unknown camera {camera!r}; SafetyConfig.cameras: {known}")
             problem = self._stamp_problem(stamp, now)
             if problem is not None:
-                self._record_throttled(now, "bad_image_stamp", f"camera {camera!r}: {problem}")
+                self._record_throttled(now, "bad_image_stamp", f"camera {camera!r}: {problem}", camera)
                 return False
             stamp = min(float(stamp), now)
             last = self._image_stamps.get(camera)

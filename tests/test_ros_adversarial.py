@@ -10,6 +10,7 @@ the velocity limit, and each safety event published exactly once.
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -125,15 +126,56 @@ def test_hostile_robot_streams_never_reach_the_arm(hostile):
 
     # ---- what reached the arm over the whole run
     v_hw = FR3.dq_max
+    first_speeds, segment_speeds, motions, holds = [0.0], [0.0], 0, 0
     for q_true, msg in robot.received:
         p = positions(msg)
         t = np.array([pt.time_from_start.sec + pt.time_from_start.nanosec * 1e-9 for pt in msg.points])
         assert np.all(np.isfinite(p)) and np.all(p >= FR3.q_min) and np.all(p <= FR3.q_max), p
         first_speed = np.abs(p[0] - q_true) / t[0]
         assert np.all(first_speed <= v_hw + 1e-6), f"first point implies {first_speed.max():.2f} rad/s"
+        first_speeds.append(float(np.max(first_speed / v_hw)))
         if len(p) > 1:
             speed = np.abs(np.diff(p, axis=0)) / np.diff(t)[:, None]
             assert np.all(speed <= VELOCITY_SCALE * v_hw + 1e-6), f"a segment at {speed.max():.2f} rad/s"
+            segment_speeds.append(float(np.max(speed / v_hw)))
+        motions, holds = motions + (len(p) > 1), holds + (len(p) == 1)
     seqs = [e["seq"] for e in robot.events if e.get("seq")]
     assert seqs == sorted(set(seqs)), "an event was published twice or out of order"
     assert len(robot.events) < 2000, f"{len(robot.events)} events: a stream of repeats"
+    kinds: dict[str, int] = {}
+    for e in robot.events:
+        kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
+    summary = {
+        "trajectories": len(robot.received),
+        "motion_trajectories": motions,
+        "hold_trajectories": holds,
+        "max_first_point_speed_over_dq_max": round(max(first_speeds), 3),
+        "max_segment_speed_over_dq_max": round(max(segment_speeds), 3),
+        "events": len(robot.events),
+        "events_with_seq_published_twice": len(seqs) - len(set(seqs)),
+        "event_kinds": dict(sorted(kinds.items())),
+    }
+    print("hostile robot summary:", json.dumps(summary))
+
+
+def test_a_stalled_policy_holds_and_says_why(tmp_path):
+    """Every chunk arrives later than max_latency_s (a slow model): the node must not sit
+    ENABLED doing nothing; it reports why, then holds once the stall outlasts its limit."""
+    checkpoint = make_checkpoint(tmp_path / "wild", -6.0, 6.0)
+    d = domain()
+    robot = FakeFranka(d, cameras={REALSENSE_COLOR: IMAGE}, image_hz=20.0)
+    params = {**TIMING, "max_latency_s": 0.0005}
+    proc = start_policy_node(d, tmp_path, checkpoint=checkpoint, **params)
+    try:
+        robot.wait_for(lambda: robot.diagnostics, 60, "the node's diagnostics")
+        robot.wait_for(lambda: robot.call("enable").success, 20, "enable")
+        stalled = wait_event(robot, 0, "stalled", "chunks arrive too late")
+        assert stalled["detail"].startswith("no new chunk for")
+        robot.wait_for(lambda: robot.diagnostics.get("state") == "hold", 10, "the hold in diagnostics")
+        assert all(len(t.points) == 1 for t in robot.trajectories), "policy motion from chunks that came too late"
+        assert any(e["kind"] == "not_acting" for e in robot.events)
+    finally:
+        robot.close()
+        code = stop_process_group(proc)
+        print((tmp_path / f"policy_node_{d}.log").read_text()[-3000:])
+    assert code in (0, -signal.SIGINT), f"policy node exited with {code}"

@@ -408,7 +408,7 @@ class PolicyNode:
             if not np.all(np.isfinite(fingers)):
                 problem = f"non-finite finger positions {fingers.tolist()}"
         if problem is not None:
-            self.safety.refuse(now, "bad_joint_state", problem)
+            self.safety.refuse(now, "bad_joint_state", problem, throttle_key=problem[:40])
             self._note_stall(now, problem)
             return
         self.latency.add("joint_state_age_ms", (now - stamp) * 1e3)
@@ -554,6 +554,8 @@ class PolicyNode:
 
     # ------------------------------------------------------------------ control
     def _on_control_timer(self) -> None:
+        if not (self.running and self.node.context.ok()):
+            return  # shutting down: publishers are gone
         now = self.now()
         self.safety.check_watchdog(now)
         enabled = self.safety.state is self.SafetyState.ENABLED
