@@ -450,3 +450,44 @@ def test_api_key_from_the_environment(checkpoint, tmp_path, monkeypatch):  # noq
             assert client.infer(observation())["actions"].shape == (H, A)
     finally:
         proc.stop()
+
+
+def test_a_server_fault_is_answered_with_a_log_reference_only(checkpoint, caplog):  # noqa: F811
+    """An in-process server on a real socket whose policy raises: the client sees a reference, the log the rest."""
+    import re
+    import threading
+
+    import torch
+
+    from vla.serving.server import PolicyServer, ServeConfig
+
+    threads = torch.get_num_threads()  # the server sets its role's budget in this process
+    server = PolicyServer(ServeConfig(policy=str(checkpoint), port=0, warmup=False))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError(f"boom in {REPO}/vla/secret.py")
+
+    server.policy.predict_action_chunk = broken
+    running: dict = {}
+
+    async def main() -> None:
+        running["loop"], running["stop"] = asyncio.get_running_loop(), asyncio.Event()
+        await server.run(running["stop"])
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    try:
+        assert server.ready.wait(30)
+        client = RawClient(server.port)
+        reply = client.ask(pack(observation()))
+        client.close()
+        check_reply(reply)
+        match = re.fullmatch(r"internal server error \(ref ([0-9a-f]{8})\); details are in the server log", reply)
+        assert match, reply
+        logged = [r for r in caplog.records if match.group(1) in r.getMessage()]
+        assert logged and "boom in" in str(logged[0].exc_info[1])
+    finally:
+        running["loop"].call_soon_threadsafe(running["stop"].set)
+        thread.join(10)
+        server.close()
+        torch.set_num_threads(threads)
