@@ -766,8 +766,9 @@ class SafetyLayer:
             delta = q - q_prev
             mag = np.abs(delta)
             moving = mag > 0
-            s_step = float(np.min(cfg.max_step_rad / mag[moving])) if moving.any() else math.inf
-            s_vel = float(np.min(self._v_max[moving] * dt / mag[moving])) if moving.any() else math.inf
+            with np.errstate(over="ignore"):  # a subnormal step gives an infinite (unused) scale
+                s_step = float(np.min(cfg.max_step_rad / mag[moving])) if moving.any() else math.inf
+                s_vel = float(np.min(self._v_max[moving] * dt / mag[moving])) if moving.any() else math.inf
             s = min(1.0, s_step, s_vel)
             if s < 1.0:
                 hit("max_step" if s_step <= s_vel else "velocity", np.flatnonzero(moving))

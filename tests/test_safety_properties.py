@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from conftest import scale
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -49,6 +50,22 @@ clock_skews = st.one_of(
     st.floats(-0.3, 0.3),
     st.sampled_from([0.0, 0.049, 0.051, 0.3, -3600.0, 3600.0, float("nan")]),
 )
+
+
+def value_class(x: float) -> str:
+    if not np.isfinite(x):
+        return "NaN/inf"
+    if abs(x) > 1e3:
+        return "huge"
+    return "in range" if FR3.q_min.min() <= x <= FR3.q_max.max() else "out of range"
+
+
+def skew_class(skew: float) -> str:
+    if not np.isfinite(skew):
+        return "NaN"
+    if skew > CONFIG.max_clock_skew_s:
+        return "ahead beyond the skew"
+    return "ahead within the skew" if skew > 0 else "behind or now"
 
 
 class HostileWorld(RuleBasedStateMachine):
@@ -136,6 +153,8 @@ class HostileWorld(RuleBasedStateMachine):
             values += [0.04, duplicate_value]
         was_enabled = self.layer.state is SafetyState.ENABLED
         ok = self._observe(msg_names, values, self.now + skew)
+        for kind in (f"names {names}", f"value {value_class(value)}", f"stamp {skew_class(skew)}"):
+            event(f"joint state, {kind}: {'accepted' if ok else 'refused'}")
         if not ok and was_enabled and names in ("duplicate", "missing"):
             assert self.layer.state is not SafetyState.ENABLED, "a refused measurement must stop the motion"
 
@@ -147,6 +166,7 @@ class HostileWorld(RuleBasedStateMachine):
     @rule(camera=st.sampled_from(["scene", "wrist"]), skew=clock_skews)
     def frame(self, camera, skew):
         fresh = self.layer.observe_image(camera, self.now + skew, self.now)
+        event(f"frame: stamp {skew_class(skew)}: {'fresh' if fresh else 'not fresh'}")
         if fresh:
             assert self.now + skew <= self.now + CONFIG.max_clock_skew_s
 
@@ -186,6 +206,11 @@ class HostileWorld(RuleBasedStateMachine):
             times[-1] = times[0]
         state_before = self.layer.state
         safe = self.layer.filter_trajectory(NAMES, points, times, self.now)
+        finite = "finite" if np.all(np.isfinite(points)) else "NaN/inf"
+        event(
+            f"policy chunk ({finite}, {'bad' if bad_times and n > 1 else 'ok'} times): "
+            f"{'refused, hold' if safe is None else 'shaped'}"
+        )
         if safe is None:
             if self.layer.measured_pose is not None:
                 start = self.layer._commanded_state(self.now)[0]
@@ -230,7 +255,7 @@ class HostileWorld(RuleBasedStateMachine):
 
 
 HostileWorld.TestCase.settings = settings(
-    max_examples=150,
+    max_examples=scale(150, 2000),
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
@@ -255,7 +280,7 @@ tick = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=scale(120, 2000), deadline=None)
 @given(ticks=st.lists(tick, min_size=5, max_size=40), seed=st.integers(0, 2**16))
 def test_a_running_loop_only_ever_sends_reachable_in_limit_targets(ticks, seed):
     layer = SafetyLayer(dataclasses.replace(CONFIG, smooth_start_s=0.0))
