@@ -19,7 +19,8 @@ import urllib.request
 import msgpack
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from conftest import scale
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from test_serving import (  # noqa: F401  (checkpoint is a fixture)
     IMAGE_SHAPE,
@@ -88,12 +89,14 @@ def raw(server):
 def check_reply(reply: bytes | str, batch: int | None = None) -> np.ndarray | None:
     """A success (the actions) or a well-formed error (None); anything else fails the test."""
     if isinstance(reply, str):
+        event("reply: " + ("internal error (ref)" if reply.startswith("internal") else "error: " + reply[7:30]))
         assert reply.startswith(("error", "internal server error (ref")), reply[:300]
         assert len(reply) <= MAX_REPLY_CHARS, f"{len(reply)}-char reply: {reply[:300]}"
         for marker in LEAK_MARKERS:
             assert marker not in reply, f"reply leaks {marker!r}: {reply[:300]}"
         return None
     actions = unpack(reply)["actions"]
+    event("reply: actions")
     assert actions.dtype == np.float32 and np.isfinite(actions).all()
     assert actions.shape in ((H, A), (batch or 1, H, A)), actions.shape
     return actions
@@ -200,7 +203,9 @@ def broken_frames(draw) -> bytes | str:
     return msgpack.packb(draw(msgpack_values))
 
 
-FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=scale(80, 1000), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 # --------------------------------------------------------------------------- fuzzing
