@@ -308,7 +308,7 @@ def test_serve_verb_builds_its_config_from_flags(tmp_path):
         "cuda",
     )
     assert config.max_message_bytes == 16 * 1024 * 1024 and config.host == "127.0.0.1"  # loopback unless asked
-    assert (config.max_batch_size, config.queue_size) == (32, 64)
+    assert (config.max_batch_size, config.queue_size) == (64, 64)
     with pytest.raises(ValueError, match="port must be in"):
         ServeConfig(port=70000)
     with pytest.raises(ValueError, match="api_key must not be empty"):

@@ -22,6 +22,7 @@ import pytest
 from conftest import scale
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 from test_serving import (  # noqa: F401  (checkpoint is a fixture)
     IMAGE_SHAPE,
     REPO,
@@ -86,17 +87,23 @@ def raw(server):
     client.close()
 
 
+def reply_class(name: str) -> None:
+    """Count replies per class in hypothesis' statistics (--hypothesis-show-statistics)."""
+    if currently_in_test_context():
+        event("reply: " + name)
+
+
 def check_reply(reply: bytes | str, batch: int | None = None) -> np.ndarray | None:
     """A success (the actions) or a well-formed error (None); anything else fails the test."""
     if isinstance(reply, str):
-        event("reply: " + ("internal error (ref)" if reply.startswith("internal") else "error: " + reply[7:30]))
+        reply_class("internal error (ref)" if reply.startswith("internal") else "error: " + reply[7:30])
         assert reply.startswith(("error", "internal server error (ref")), reply[:300]
         assert len(reply) <= MAX_REPLY_CHARS, f"{len(reply)}-char reply: {reply[:300]}"
         for marker in LEAK_MARKERS:
             assert marker not in reply, f"reply leaks {marker!r}: {reply[:300]}"
         return None
     actions = unpack(reply)["actions"]
-    event("reply: actions")
+    reply_class("actions")
     assert actions.dtype == np.float32 and np.isfinite(actions).all()
     assert actions.shape in ((H, A), (batch or 1, H, A)), actions.shape
     return actions

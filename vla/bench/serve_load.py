@@ -47,9 +47,9 @@ class BenchServeConfig:
         default=2, metadata={"help": "alternating rounds of the lone-client and load phases (noise hits both alike)"}
     )
     max_batch_sizes: tuple[int, ...] = field(
-        default=(1, 32), metadata={"help": "server --max-batch-size values (1: one request per forward pass)"}
+        default=(1, 64), metadata={"help": "server --max-batch-size values (1: one request per forward pass)"}
     )
-    batch_window_ms: float = field(default=2.0, metadata={"help": "server --batch-window-ms"})
+    batch_window_ms: float = field(default=15.0, metadata={"help": "server --batch-window-ms"})
     server_threads: int = field(default=1, metadata={"help": "torch CPU threads of the server (its thread budget)"})
     out: str | None = field(default=None, metadata={"help": "write the rows as JSON here"})
 

@@ -44,8 +44,10 @@ RunGroup = Callable[[Sequence[Job]], list[Any]]  # jobs of one group -> one resu
 class BatchingWorker:
     """A bounded queue and the one thread that runs it in batches of at most ``max_batch_size`` rows.
 
-    The worker waits up to ``window_s`` for more requests while fewer are in hand than there
-    are open connections (``senders()``): with one client connected it never waits.
+    The worker waits up to ``window_s`` for more requests while fewer are in hand than the
+    previous pass served (and than there are open connections, ``senders()``): under load the
+    clients just answered are about to send again, and one pass for all of them beats two for
+    halves; a lone client, even beside idle connections, never waits.
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class BatchingWorker:
         self._cond = threading.Condition()
         self._closed = False
         self.skipped = 0  # requests of closed connections that were never computed
+        self._last_pass_jobs = 1  # requests in the previous pass: how many to expect back
         self._thread = threading.Thread(target=self._work, name="vla-infer", daemon=True)
         self._thread.start()
 
@@ -125,7 +128,8 @@ class BatchingWorker:
 
     def _batch_is_ready(self) -> bool:
         rows = sum(job.rows for job in self._jobs)
-        return rows >= self.max_batch_size or len(self._jobs) >= self._senders()
+        expected = min(self._senders(), self._last_pass_jobs)
+        return rows >= self.max_batch_size or len(self._jobs) >= expected
 
     def _pop_up_to_max_rows(self) -> list[Job]:
         jobs = [self._jobs.popleft()]  # the oldest always goes, even when larger than max_batch_size
@@ -133,6 +137,7 @@ class BatchingWorker:
         while self._jobs and rows + self._jobs[0].rows <= self.max_batch_size:
             rows += self._jobs[0].rows
             jobs.append(self._jobs.popleft())
+        self._last_pass_jobs = len(jobs)
         return jobs
 
     def _run(self, jobs: list[Job]) -> None:

@@ -99,11 +99,14 @@ class ServeConfig:
         default=0, metadata={"help": "torch CPU threads (0: the server role's budget, 1; see vla/threads.py)"}
     )
     max_batch_size: int = field(
-        default=32, metadata={"help": "observations run in one forward pass (1: one request at a time)"}
+        default=64, metadata={"help": "observations run in one forward pass (1: one request at a time)"}
     )
     batch_window_ms: float = field(
-        default=2.0,
-        metadata={"help": "how long the inference worker waits for requests of other connected clients to batch"},
+        default=15.0,
+        metadata={
+            "help": "under load, how long the inference worker waits for the clients of its previous pass to send "
+            "again, so they share one forward pass (a lone client never waits)"
+        },
     )
     queue_size: int = field(
         default=64, metadata={"help": "requests that may wait for inference; more get an 'error: server busy' reply"}
