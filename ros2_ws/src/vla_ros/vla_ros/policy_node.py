@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import threading
 import time
@@ -45,7 +46,13 @@ class PolicyNodeConfig:
     )
     server_host: str = field(default="", metadata={"help": "host of a `vla serve` policy server, or set checkpoint"})
     server_port: int = field(default=8000, metadata={"help": "port of the policy server"})
-    api_key: str = field(default="", metadata={"help": "the policy server's API key, if it wants one"})
+    api_key: str = field(
+        default="",
+        metadata={
+            "help": "the policy server's API key, if it wants one; empty: the environment variable VLA_SERVE_API_KEY "
+            "(preferred: a parameter is readable by anyone on the ROS domain)"
+        },
+    )
     device: str = field(
         default="cpu",
         metadata={
@@ -209,7 +216,10 @@ class PolicyNode:
             )
             source = f"checkpoint {config.checkpoint} on {config.device}"
         else:
-            self.policy = RemotePolicy(config.server_host, config.server_port, api_key=config.api_key or None)
+            from vla.serving.auth import API_KEY_ENV
+
+            api_key = config.api_key or os.environ.get(API_KEY_ENV, "").strip() or None
+            self.policy = RemotePolicy(config.server_host, config.server_port, api_key=api_key)
             source = f"policy server {config.server_host}:{config.server_port}"
         meta = self.policy.metadata
         self.features = feature_shapes(meta)
