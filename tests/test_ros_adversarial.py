@@ -179,3 +179,31 @@ def test_a_stalled_policy_holds_and_says_why(tmp_path):
         code = stop_process_group(proc)
         print((tmp_path / f"policy_node_{d}.log").read_text()[-3000:])
     assert code in (0, -signal.SIGINT), f"policy node exited with {code}"
+
+
+def test_the_inference_loop_outlives_an_unexpected_error():
+    """A bug anywhere in one inference step (here a KeyError) latches the arm with the reason and
+    the loop goes on: it once died silently while diagnostics kept saying `enabled`."""
+    import logging
+    from types import SimpleNamespace
+
+    from hardware.action_chunks import ChunkScheduler
+    from hardware.safety import SafetyConfig, SafetyLayer, SafetyState
+    from vla_ros.policy_node import PolicyNode
+
+    node = PolicyNode.__new__(PolicyNode)  # the real loop, without DDS or a model
+    steps: list[int] = []
+
+    def step():
+        steps.append(1)
+        if len(steps) == 1:
+            raise KeyError("a bug")
+        node.running = False
+
+    node._inference_step = step
+    node.running, node.scheduler, node.safety = True, ChunkScheduler(), SafetyLayer(SafetyConfig())
+    node.node = SimpleNamespace(context=SimpleNamespace(ok=lambda: True))
+    node.log, node.now = logging.getLogger("test"), lambda: 1.0
+    node._inference_loop()
+    assert len(steps) == 2, "the loop stopped after the error"
+    assert node.safety.state is SafetyState.ESTOP and "KeyError" in node.safety.latched_reason

@@ -259,6 +259,8 @@ class PolicyNode:
             dataclasses.replace(config.safety, cameras=tuple(sorted(wanted))), fk=lambda q: base_frame.fk(q)[0]
         )
         k = config.n_action_steps or meta["n_action_steps"]
+        if not 1 <= k <= meta["chunk_size"]:
+            raise ValueError(f"n_action_steps must be in [1, {meta['chunk_size']}] (the policy's chunk size), got {k}")
         self.scheduler = ChunkScheduler(
             ChunkSchedulerConfig(
                 control_dt=1.0 / config.control_hz,
