@@ -134,10 +134,11 @@ def test_full_setup_into_an_empty_cache(tmp_path):
     env["VLA_CACHE_DIR"] = str(cache)
     script = (
         f'set -e; cd "{REPO}"; out="$(bash scripts/setup_env.sh)"; eval "$out"; '
-        'ros="$(bash scripts/build_ros2_ws.sh)"; eval "$ros"; cd /; vla --help'
+        'ros="$(bash scripts/build_ros2_ws.sh)"; eval "$ros"; cd /; vla --help; '
+        "python -c \"import hypothesis; print('test tools', hypothesis.__version__)\""
     )
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=3600)
     assert result.returncode == 0, result.stderr[-5000:]
-    assert "usage: vla" in result.stdout
+    assert "usage: vla" in result.stdout and "test tools 6." in result.stdout
     assert len(list(cache.glob("venv-*/.complete"))) == 1
     sys.stdout.write(result.stderr[-2000:])
