@@ -6,9 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${VLA_LINT_BIN:?run  eval \"\$(bash scripts/setup_env.sh)\"  first}"
-# The typed core: flow math, action heads and policy config, the observation contract, thread
-# budgets, registries, the safety layer and the action-chunk scheduler.
-TYPED=(vla/flow vla/policies/heads.py vla/policies/config.py vla/observation.py vla/threads.py vla/registry.py
+# The typed core: flow math, RL objectives, action heads and policy config, the observation
+# contract, thread budgets, registries, the safety layer and the action-chunk scheduler.
+TYPED=(vla/flow vla/rl vla/policies/heads.py vla/policies/config.py vla/observation.py vla/threads.py vla/registry.py
        vla/keys.py hardware/safety.py hardware/action_chunks.py hardware/franka/limits.py)
 echo "[lint] ruff check" >&2
 "$VLA_LINT_BIN/ruff" check .
