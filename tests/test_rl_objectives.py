@@ -63,7 +63,8 @@ def test_chain_log_prob_is_the_initial_gaussian_plus_each_transition():
     torch.testing.assert_close(chain_log_prob(xs, means, stds, reduce="mean"), by_hand / (K + 1))
     one = torch.tensor([False, False, True, False])  # Flow-SDE's hybrid rollout: one stochastic step
     torch.testing.assert_close(
-        chain_log_prob(xs, means, stds, steps=one), torch.distributions.Normal(means[2], stds[2]).log_prob(xs[3])
+        chain_log_prob(xs, means[one], stds[one], steps=one),
+        torch.distributions.Normal(means[2], stds[2]).log_prob(xs[3]),
     )
 
 

@@ -85,22 +85,22 @@ def chain_log_prob(
 ) -> Tensor:
     """Per-element log-likelihood of a denoising chain, reduced over the step axis.
 
-    ``xs``: ``(K + 1, ...)`` with ``xs[0]`` the initial noise; ``means``/``stds``: ``(K, ...)``
-    for the transitions ``x_k -> x_{k+1}``. ``steps`` (a bool ``(K,)`` mask) selects the
-    stochastic steps that carry the likelihood (Flow-SDE's hybrid rollout: one step); without it
-    every step does and the initial ``N(0, I)`` term is included. ``reduce``: ``"mean"`` over the
-    included terms (the reference code) or ``"sum"`` (the paper's product of transitions).
+    ``xs``: ``(K + 1, ...)`` with ``xs[0]`` the initial noise. Without ``steps`` every transition
+    ``x_k -> x_{k+1}`` is stochastic, ``means``/``stds`` are ``(K, ...)``, and the initial
+    ``N(0, I)`` term is included (Flow-Noise). With ``steps`` (a bool ``(K,)`` mask, e.g. the one
+    step of Flow-SDE's hybrid rollout), ``means``/``stds`` hold only the selected transitions, in
+    order, and only they count. ``reduce``: ``"mean"`` over the included terms (the reference
+    code) or ``"sum"`` (the paper's product of transitions).
     """
     if reduce not in ("mean", "sum"):
         raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
-    terms = gaussian_log_prob(xs[1:], means, stds)  # (K, ...)
     if steps is None:
         initial = gaussian_log_prob(xs[0], torch.zeros_like(xs[0]), torch.ones_like(xs[0]))
-        terms = torch.cat([initial[None], terms])
+        terms = torch.cat([initial[None], gaussian_log_prob(xs[1:], means, stds)])
     else:
-        terms = terms[steps]
-        if terms.shape[0] == 0:
+        if not bool(steps.any()):
             raise ValueError("no stochastic step selected")
+        terms = gaussian_log_prob(xs[1:][steps], means, stds)
     return terms.mean(0) if reduce == "mean" else terms.sum(0)
 
 
