@@ -1,0 +1,188 @@
+"""The PPO update of a flow policy on recorded denoising chains (pi_RL's actor-critic step).
+
+A batch holds, per chunk decision: the observation, the recorded chain (``xs``) and which
+steps were stochastic, the rollout's log-likelihood, the advantage, the return and the old
+value. The update re-encodes the observations, recomputes the likelihood of the same chains
+under the current policy (:func:`vla.rl.samplers.chain_log_prob_of`) and takes several epochs of
+shuffled minibatches of the clipped objective, the value loss and the entropy bonus, with
+gradient clipping and an optional early stop on the approximate KL.
+
+Log-probabilities count only the executed actions (the first ``n_exec`` of each chunk) and the
+real action dimensions, at one of three granularities (``LOGPROB_LEVELS``): one ratio per chunk,
+per executed action, or per (action, dimension) with the advantage broadcast.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from vla.rl.objectives import explained_variance, ppo_policy_loss, value_loss
+from vla.rl.samplers import ExplorationScheme, chain_log_prob_of, policy_step_fn
+
+LOGPROB_LEVELS: dict[str, Callable[[Tensor], Tensor]] = {
+    "chunk": lambda lp: lp.sum((1, 2)),  # (B,)
+    "action": lambda lp: lp.sum(2),  # (B, n_exec)
+    "token": lambda lp: lp,  # (B, n_exec, A)
+}
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    clip: float = field(default=0.2, metadata={"help": "PPO ratio clip epsilon"})
+    dual_clip: float | None = field(default=3.0, metadata={"help": "dual clip c > 1 (None: off)"})
+    epochs: int = field(default=4, metadata={"help": "passes over each rollout"})
+    minibatch_size: int = field(default=64, metadata={"help": "chunk decisions per gradient step"})
+    logprob_level: str = field(default="chunk", metadata={"help": "chunk, action or token (see LOGPROB_LEVELS)"})
+    logprob_reduce: str = field(default="mean", metadata={"help": "over denoising steps: mean (code) or sum (paper)"})
+    value_coef: float = field(default=0.5, metadata={"help": "weight of the value loss"})
+    value_clip: float | None = field(default=0.2, metadata={"help": "value clipping (None: off)"})
+    entropy_coef: float = field(default=0.0, metadata={"help": "entropy bonus (Flow-Noise; 0.005 in the reference)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
+    target_kl: float | None = field(default=None, metadata={"help": "stop the epochs once approx KL exceeds it"})
+
+    def __post_init__(self) -> None:
+        if self.logprob_level not in LOGPROB_LEVELS:
+            raise ValueError(f"unknown logprob_level {self.logprob_level!r}; available: {', '.join(LOGPROB_LEVELS)}")
+        if self.logprob_reduce not in ("mean", "sum"):
+            raise ValueError(f"logprob_reduce must be mean or sum, got {self.logprob_reduce!r}")
+        if self.epochs < 1 or self.minibatch_size < 1:
+            raise ValueError("epochs and minibatch_size must be >= 1")
+
+
+class ValueHead(nn.Module):
+    """V(s) from the action expert's hidden states (mean over the executed action tokens);
+    ``detach`` keeps the critic's gradients out of the expert (the reference's pi0 setting)."""
+
+    def __init__(self, d_model: int, hidden: tuple[int, ...] = (256, 128), detach: bool = True):
+        super().__init__()
+        layers: list[nn.Module] = []
+        d = d_model
+        for width in hidden:
+            layers += [nn.Linear(d, width), nn.ReLU()]
+            d = width
+        last = nn.Linear(d, 1)
+        nn.init.normal_(last.weight, std=0.02)
+        nn.init.zeros_(last.bias)
+        self.net = nn.Sequential(*layers, last)
+        self.detach = detach
+
+    def forward(self, hidden: Tensor, n_exec: int) -> Tensor:
+        features = hidden[:, :n_exec].mean(1)
+        return self.net(features.detach() if self.detach else features).squeeze(-1)
+
+
+def executed(log_prob: Tensor, n_exec: int, action_dim: int) -> Tensor:
+    """Only the actions the environment ran and the dimensions it uses count."""
+    return log_prob[:, :n_exec, :action_dim]
+
+
+@dataclass
+class RolloutBatch:
+    """Chunk decisions to learn from (B of them)."""
+
+    observations: dict[str, Any]  # a policy batch (B, ...) as FlowPolicy.prepare_observation takes it
+    xs: Tensor  # (K + 1, B, H, A) recorded chains
+    stochastic: Tensor  # (K,) bool, shared by the batch (one rollout call)
+    old_log_prob: Tensor  # (B, H, A) per element, from the rollout
+    advantages: Tensor  # (B,)
+    returns: Tensor  # (B,)
+    old_values: Tensor  # (B,)
+
+    def __len__(self) -> int:
+        return int(self.advantages.shape[0])
+
+    def subset(self, index: Tensor) -> RolloutBatch:
+        obs = {
+            k: (v[index] if isinstance(v, Tensor) else [v[i] for i in index.tolist()])
+            for k, v in self.observations.items()
+        }
+        return RolloutBatch(
+            obs,
+            self.xs[:, index],
+            self.stochastic,
+            self.old_log_prob[index],
+            self.advantages[index],
+            self.returns[index],
+            self.old_values[index],
+        )
+
+
+def evaluate(
+    policy, scheme: ExplorationScheme, value_head: ValueHead, batch: RolloutBatch, config: PPOConfig, n_exec: int
+):
+    """(per-level log-probs, entropy, values) of a batch under the current parameters."""
+    prefix = policy.encode_observation(policy.prepare_observation(batch.observations))
+    step = policy_step_fn(policy, prefix)
+    log_prob, entropy = chain_log_prob_of(scheme, step, batch.xs, batch.stochastic, reduce=config.logprob_reduce)
+    _, hidden = step(batch.xs[-1], torch.zeros(len(batch)).to(batch.xs), torch.zeros(len(batch)).to(batch.xs))
+    values = value_head(hidden, n_exec)
+    return log_prob, entropy, values
+
+
+def ppo_update(
+    policy,
+    scheme: ExplorationScheme,
+    value_head: ValueHead,
+    batch: RolloutBatch,
+    optimizer: torch.optim.Optimizer,
+    config: PPOConfig,
+    n_exec: int,
+    generator: torch.Generator | None = None,
+) -> dict[str, float]:
+    """Epochs of shuffled minibatches; returns the iteration's metrics (means over gradient steps)."""
+    action_dim = policy.config.action_dim
+    level = LOGPROB_LEVELS[config.logprob_level]
+    old = level(executed(batch.old_log_prob, n_exec, action_dim))
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    sums: dict[str, float] = {}
+    steps = 0
+    stopped_early = False
+    for _ in range(config.epochs):
+        order = torch.randperm(len(batch), generator=generator)
+        for start in range(0, len(batch), config.minibatch_size):
+            index = order[start : start + config.minibatch_size]
+            mb = batch.subset(index)
+            log_prob, entropy, values = evaluate(policy, scheme, value_head, mb, config, n_exec)
+            new = level(executed(log_prob, n_exec, action_dim))
+            adv = mb.advantages.reshape(-1, *([1] * (new.dim() - 1))).expand_as(new)
+            pl = ppo_policy_loss(new, old[index], adv, clip=config.clip, dual_clip=config.dual_clip)
+            vl = value_loss(values, mb.old_values, mb.returns, clip=config.value_clip)
+            ent = executed(entropy, n_exec, action_dim).mean()
+            loss = pl.loss + config.value_coef * vl - config.entropy_coef * ent
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite PPO loss ({float(loss)}): policy {float(pl.loss)}, value {float(vl)}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            for key, value in (
+                ("loss/policy", pl.loss),
+                ("loss/value", vl),
+                ("entropy", ent),
+                ("clip_fraction", pl.clip_fraction),
+                ("approx_kl", pl.approx_kl),
+                ("ratio", pl.ratio_mean),
+                ("grad_norm", grad_norm),
+            ):
+                sums[key] = sums.get(key, 0.0) + float(value.detach())
+            steps += 1
+            if config.target_kl is not None and float(pl.approx_kl) > config.target_kl:
+                stopped_early = True
+                break
+        if stopped_early:
+            break
+    metrics = {k: v / max(steps, 1) for k, v in sums.items()}
+    metrics["gradient_steps"] = float(steps)
+    metrics["stopped_early"] = float(stopped_early)
+    metrics["explained_variance"] = explained_variance(batch.old_values, batch.returns)
+    if not all(math.isfinite(v) or k == "explained_variance" for k, v in metrics.items()):
+        raise FloatingPointError(f"non-finite PPO metrics: {metrics}")
+    return metrics
