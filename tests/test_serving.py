@@ -40,34 +40,10 @@ OPENPI_VENV_PYTHON = Path(
 # --------------------------------------------------------------------------- helpers
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """A tiny real checkpoint: state + one 16x16 camera, 10-step flow matching."""
-    from vla.policies.checkpoint import save_policy
-    from vla.policies.config import PolicyConfig
-    from vla.policies.flow_policy import FlowPolicy
-    from vla.policies.normalize import compute_stats
+    """A random-weight policy of this module's sizes (the one `vla bench serve` times)."""
+    from vla.bench.serve_load import tiny_checkpoint
 
-    config = PolicyConfig(
-        vector_features=(keys.OBS_STATE,),
-        image_features=(SCENE,),
-        feature_shapes={keys.OBS_STATE: [STATE_DIM], SCENE: list(IMAGE_SHAPE)},
-        action_dim=A,
-        chunk_size=H,
-        n_action_steps=2,
-        d_model=32,
-        n_heads=2,
-        n_expert_layers=2,
-        head="flow_matching",
-        image_tokens=4,
-    )
-    torch.manual_seed(0)
-    policy = FlowPolicy(config)
-    rng = torch.Generator().manual_seed(1)
-    stats = {
-        keys.OBS_STATE: compute_stats(torch.randn(50, STATE_DIM, generator=rng)),
-        keys.ACTION: compute_stats(torch.rand(50, A, generator=rng) * 4 - 2),
-    }
-    policy.set_normalization(stats)
-    return save_policy(policy, stats, tmp_path_factory.mktemp("serve") / "ckpt")
+    return tiny_checkpoint(tmp_path_factory.mktemp("serve"))
 
 
 class ServerProcess:

@@ -55,7 +55,8 @@ class BenchServeConfig:
 
 
 def tiny_checkpoint(directory: Path) -> Path:
-    """A random-weight policy of the serving tests' size, saved as a checkpoint."""
+    """A random-weight policy of the serving tests' size (5-D state, one 16x16 camera, chunk 4 x 3),
+    saved as a checkpoint; the serving tests' fixture uses it too."""
     import torch
 
     from vla import keys
@@ -80,7 +81,11 @@ def tiny_checkpoint(directory: Path) -> Path:
     )
     torch.manual_seed(0)
     policy = FlowPolicy(config)
-    stats = {keys.OBS_STATE: compute_stats(torch.randn(50, 5)), keys.ACTION: compute_stats(torch.rand(50, 3) * 4 - 2)}
+    rng = torch.Generator().manual_seed(1)
+    stats = {
+        keys.OBS_STATE: compute_stats(torch.randn(50, 5, generator=rng)),
+        keys.ACTION: compute_stats(torch.rand(50, 3, generator=rng) * 4 - 2),
+    }
     policy.set_normalization(stats)
     return save_policy(policy, stats, directory / "bench_policy")
 
