@@ -347,8 +347,7 @@ class SafetyLayer:
         self._image_stamps: dict[str, float] = {}
         self._enable_time: float | None = None
         self._start_pose: np.ndarray | None = None
-        self._commanded: _Commanded | None = None
-        self._history: deque[_Commanded] = deque(maxlen=32)  # recent commands, to find the one at a stamp
+        self._history: deque[_Commanded] = deque(maxlen=32)  # recent commands, newest last (the one in force)
         self._event_seq = 0
         self._last_logged: dict[str, float] = {}
         self.max_tracking_error = 0.0  # the largest |measured - commanded| seen while commanding (rad)
@@ -642,7 +641,7 @@ class SafetyLayer:
     # ---- outputs -----------------------------------------------------------------------------------
 
     def _set_commanded(self, commanded: _Commanded | None) -> None:
-        self._commanded = commanded
+        """Record the trajectory now in force; None forgets every command (after enable or reset)."""
         if commanded is None:
             self._history.clear()
         else:
@@ -665,8 +664,8 @@ class SafetyLayer:
             return SafeTrajectory(self.limits.joint_names, q[None, :], np.array([dt]), ["hold at measured pose"])
 
     def _commanded_state(self, now: float) -> tuple[np.ndarray, np.ndarray]:
-        if self._commanded is not None:
-            return self._commanded.at(now)
+        if self._history:
+            return self._history[-1].at(now)
         assert self._q_measured is not None
         return self._q_measured.copy(), np.zeros(len(self.limits.joint_names))
 

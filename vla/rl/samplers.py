@@ -64,7 +64,9 @@ class FlowNoise(nn.Module):
     def stochastic_steps(self, num_steps: int, generator: torch.Generator | None) -> Tensor:
         return torch.ones(num_steps, dtype=torch.bool)
 
-    def transition(self, x: Tensor, u: Tensor, hidden: Tensor, t: Tensor, t_next: Tensor) -> tuple[Tensor, Tensor]:
+    def transition(
+        self, x: Tensor, u: Tensor, hidden: Tensor, t: Tensor, t_next: Tensor, num_steps: int
+    ) -> tuple[Tensor, Tensor]:
         return ode_mean(x, u, expand_time(t - t_next, x)), bounded_std(self.noise_net(hidden), *self.std_range)
 
     @property
@@ -81,7 +83,6 @@ class FlowSDE(nn.Module):
         if not noise_level > 0:
             raise ValueError(f"noise_level must be > 0, got {noise_level}")
         self.noise_level, self.hybrid, self.ignore_last = noise_level, hybrid, ignore_last
-        self.num_steps = 0  # set by rollout(): sigma_t's finite cap depends on K
 
     def stochastic_steps(self, num_steps: int, generator: torch.Generator | None) -> Tensor:
         if not self.hybrid:
@@ -90,8 +91,11 @@ class FlowSDE(nn.Module):
         j = int(torch.randint(choices, (1,), generator=generator))
         return torch.arange(num_steps) == j
 
-    def transition(self, x: Tensor, u: Tensor, hidden: Tensor, t: Tensor, t_next: Tensor) -> tuple[Tensor, Tensor]:
-        return flow_sde_step(x, u, t[0], t_next[0], self.noise_level, self.num_steps)
+    def transition(
+        self, x: Tensor, u: Tensor, hidden: Tensor, t: Tensor, t_next: Tensor, num_steps: int
+    ) -> tuple[Tensor, Tensor]:
+        """(sigma_t's finite cap at t = 1 depends on K = ``num_steps``)"""
+        return flow_sde_step(x, u, t[0], t_next[0], self.noise_level, num_steps)
 
     @property
     def includes_initial(self) -> bool:
@@ -102,12 +106,6 @@ ExplorationScheme = FlowNoise | FlowSDE
 EXPLORATION: Registry[Callable[..., ExplorationScheme]] = Registry("RL algorithm")
 EXPLORATION.add("flow-noise", FlowNoise)
 EXPLORATION.add("flow-sde", FlowSDE)
-
-
-def _steps(scheme: ExplorationScheme, num_steps: int) -> Tensor:
-    if isinstance(scheme, FlowSDE):
-        scheme.num_steps = num_steps
-    return denoising_times(num_steps)
 
 
 def _log_prob_and_entropy(
@@ -128,7 +126,7 @@ def rollout(
 ) -> Rollout:
     """Sample chunks with ``scheme``'s stochastic steps (the others follow the ODE) and record
     the chain; call it under ``torch.no_grad()`` when collecting experience."""
-    times = _steps(scheme, num_steps)
+    times = denoising_times(num_steps)
     stochastic = scheme.stochastic_steps(num_steps, generator)
     batch = noise.shape[0]
     xs, means, stds = [noise], [], []
@@ -137,7 +135,7 @@ def rollout(
         t, t_next = times[k].repeat(batch).to(noise), times[k + 1].repeat(batch).to(noise)
         u, hidden = step(x, t, t_next)
         if stochastic[k]:
-            mean, std = scheme.transition(x, u, hidden, t, t_next)
+            mean, std = scheme.transition(x, u, hidden, t, t_next, num_steps)
             x = mean + std * torch.randn(mean.shape, generator=generator).to(mean)
             means.append(mean)
             stds.append(std)
@@ -155,13 +153,13 @@ def chain_log_prob_of(
     """(log-likelihood, entropy), both (B, H, A), of a recorded chain under the current policy
     and scheme, with gradients: only the stochastic steps are re-evaluated."""
     num_steps = xs.shape[0] - 1
-    times = _steps(scheme, num_steps)
+    times = denoising_times(num_steps)
     batch = xs.shape[1]
     means, stds = [], []
     for k in torch.nonzero(stochastic).flatten().tolist():
         t, t_next = times[k].repeat(batch).to(xs), times[k + 1].repeat(batch).to(xs)
         u, hidden = step(xs[k], t, t_next)
-        mean, std = scheme.transition(xs[k], u, hidden, t, t_next)
+        mean, std = scheme.transition(xs[k], u, hidden, t, t_next, num_steps)
         means.append(mean)
         stds.append(std)
     return _log_prob_and_entropy(scheme, xs, means, stds, stochastic, reduce)
