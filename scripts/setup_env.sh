@@ -196,13 +196,14 @@ if [ ! -x "$VENV/bin/vla" ]; then
     "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e "$REPO_ROOT" >&2
 fi
 
-# ---------------------------------------------------------------- 4b. test tools
-# Test-only packages installed on top of the main venv, keyed by their own pins file, so that
-# adding or bumping one never changes the pin hash (an 8 GB rebuild). hypothesis drives the
-# adversarial suites of the safety layer, the policy node and the policy server.
-TEST_PINS="hypothesis==6.170.17"
+# ---------------------------------------------------------------- 4b. test tools and Ray
+# Packages installed on top of the main venv, keyed by their own pins file, so that adding or
+# bumping one never changes the pin hash (an 8 GB rebuild). hypothesis drives the adversarial
+# suites of the safety layer, the policy node and the policy server; Ray (~240 MB, no further
+# dependencies here) runs `vla rl --ray` and its test on a local instance.
+TEST_PINS="hypothesis==6.170.17 ray==2.60.0"
 if [ "$(cat "$VENV/.test-pins" 2>/dev/null)" != "$TEST_PINS" ]; then
-    log "installing the test tools ($TEST_PINS) into $VENV"
+    log "installing the test tools and Ray ($TEST_PINS) into $VENV"
     read -r -a test_pins <<<"$TEST_PINS"
     "$VENV/bin/pip" install -q --progress-bar off "${test_pins[@]}" >&2
     echo "$TEST_PINS" >"$VENV/.test-pins"

@@ -147,9 +147,18 @@ class EpisodeRunner:
             self.config = EnvConfig(**{**self.config.__dict__, "seed": seed})
             self.episode_index = -1
         self.episode_index += 1
+        return self._start_episode(episode_seed(self.config.seed, self.env_index, self.episode_index))
+
+    def reset_episode(self, seed: int) -> dict[str, Any]:
+        """Start an episode from exactly this simulator seed (envs given the same seed start
+        in the same state: GRPO's groups, fixed evaluation sets)."""
+        self.episode_index += 1
+        return self._start_episode(int(seed))
+
+    def _start_episode(self, seed: int) -> dict[str, Any]:
         self._return, self._length, self._success_once = 0.0, 0, False
-        self.current_seed = episode_seed(self.config.seed, self.env_index, self.episode_index)
-        self.obs = self.env.reset(self.current_seed)
+        self.current_seed = seed
+        self.obs = self.env.reset(seed)
         return self.obs
 
     def step_chunk(self, chunk: np.ndarray) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:

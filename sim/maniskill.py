@@ -355,9 +355,17 @@ class GpuVectorEnv:
     def reset(self, seed: int | None = None) -> dict[str, Any]:
         if seed is not None:
             self.config = EnvConfig(**{**self.config.__dict__, "seed": seed})
-        self._reset_count = 0
+        return self.reset_episodes([episode_seed(self.config.seed, i, 0) for i in range(self.num_envs)])
+
+    def reset_episodes(self, seeds) -> dict[str, Any]:
+        """Every env starts an episode, seeded per env with ``seeds`` (ManiSkill seeds each
+        parallel env's episode RNG; tasks that draw from the global torch RNG see only the
+        first, so equal seeds give equal scenes only where the task uses the episode RNG)."""
         n = self.num_envs
-        self._seeds = np.array([episode_seed(self.config.seed, i, 0) for i in range(n)], dtype=np.int64)
+        if len(seeds) != n:
+            raise ValueError(f"need {n} seeds, got {len(seeds)}")
+        self._reset_count = 0
+        self._seeds = np.asarray(seeds, dtype=np.int64)
         self._episode_index = np.zeros(n, dtype=np.int64)
         self._return = np.zeros(n, dtype=np.float64)
         self._length = np.zeros(n, dtype=np.int64)

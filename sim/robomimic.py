@@ -260,7 +260,9 @@ class RobomimicEnv(SingleEnv):
             self._env.rng.bit_generator.state = np.random.default_rng(seed).bit_generator.state
             for sampler in _placement_samplers(self._env):
                 sampler.rng = self._env.rng
-        return self._observation(self._env.reset())
+        obs = self._env.reset()
+        _reset_gripper_commands(self._env)
+        return self._observation(obs)
 
     def joint_positions(self) -> np.ndarray:
         """The (first) arm's joint positions, rad."""
@@ -294,3 +296,14 @@ def _placement_samplers(env) -> list:
 
 def build(config: EnvConfig) -> SingleEnv:
     return RobomimicEnv(config)
+
+
+def _reset_gripper_commands(env) -> None:
+    """Grippers integrate their command (``current_action``) and a soft reset (hard_reset=False)
+    keeps it, so an episode depended on the previous one's last gripper command: the same seed
+    then gave another trajectory. Start every episode from the fresh model's zero command."""
+    for robot in env.robots:
+        grippers = robot.gripper.values() if isinstance(robot.gripper, dict) else [robot.gripper]
+        for gripper in grippers:
+            if hasattr(gripper, "current_action"):
+                gripper.current_action = np.zeros(gripper.dof)

@@ -71,6 +71,12 @@ class VectorEnv:
     def reset(self, seed: int | None = None) -> dict[str, Any]:
         return stack_observations(self._call_all("reset", [(seed,)] * self.num_envs))
 
+    def reset_episodes(self, seeds: Sequence[int]) -> dict[str, Any]:
+        """Start one episode per env from the given simulator seeds (equal seeds, equal states)."""
+        if len(seeds) != self.num_envs:
+            raise ValueError(f"need {self.num_envs} seeds, got {len(seeds)}")
+        return stack_observations(self._call_all("reset_episode", [(int(s),) for s in seeds]))
+
     def expert_actions(self) -> np.ndarray:
         """One action per env from the task's scripted expert, run next to each simulator."""
         return np.stack(self._call_all("expert_action", [()] * self.num_envs)).astype(np.float32)
@@ -107,6 +113,9 @@ class _Worker:
 
     def reset(self, seed):
         return self.runner.reset(seed)
+
+    def reset_episode(self, seed):
+        return self.runner.reset_episode(seed)
 
     def step_chunk(self, chunk):
         return self.runner.step_chunk(chunk)

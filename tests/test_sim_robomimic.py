@@ -119,3 +119,23 @@ def test_collect_labels_joint_targets_with_the_next_joint_positions(tmp_path):
         collect(CollectConfig(env="metaworld/reach-v3", episodes=1, out=tmp_path / "mw", action_label="joint_target"))
     with pytest.raises(KeyError, match="command, joint_target"):
         collect(CollectConfig(env="robomimic/Lift", episodes=1, out=tmp_path / "x", action_label="joints"))
+
+
+def test_an_episode_depends_on_its_seed_not_on_the_episodes_before():
+    """robosuite's soft reset kept the gripper's integrated command; the same seed then gave
+    another trajectory after a different history (RL resume and GRPO groups rely on this)."""
+    from sim import make_env
+
+    def episode(env, seed):
+        obs = env.reset_episodes([seed])
+        states = [obs[keys.OBS_STATE]]
+        rng = np.random.default_rng(0)
+        for _ in range(3):
+            obs, *_ = env.step(rng.uniform(-1, 1, (1, 3, 7)).astype(np.float32))
+            states.append(obs[keys.OBS_STATE])
+        return np.concatenate(states)
+
+    with make_env("robomimic/Lift", num_envs=1, max_episode_steps=50, vectorization="sync") as env:
+        first = episode(env, 5)
+        episode(env, 7)
+        np.testing.assert_array_equal(episode(env, 5), first)

@@ -9,6 +9,7 @@
     vla train --dataset data/datasets/lift --policy.vector-features observation.state observation.environment_state
     vla train --config data/runs/train/config.json --out data/runs/train2 --steps 10000   # a saved run, one change
     vla eval --policy data/runs/train/checkpoints/last --env robomimic/Lift --episodes 50
+    vla rl --policy data/runs/train/checkpoints/last --env robomimic/Lift --algo flow-noise --optimizer ppo
     vla serve --policy data/runs/train/checkpoints/last --port 8000   # openpi-client compatible
     vla bench sim
     vla bench experts
@@ -286,6 +287,24 @@ VERBS.add(
 )
 
 
+def _run_rl(args: argparse.Namespace) -> int:
+    from vla.cli.rl import run_rl
+
+    summary = run_rl(verb_config(args))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+VERBS.add(
+    "rl",
+    config_verb(
+        "fine-tune a flow policy with online RL (pi_RL: flow-noise / flow-sde, ppo / grpo) in parallel simulators",
+        "vla.rl.trainer:RLConfig",
+        _run_rl,
+    ),
+)
+
+
 # --------------------------------------------------------------------------- serve
 def _run_serve(args: argparse.Namespace) -> int:
     from vla.serving.server import serve
@@ -342,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return VERBS.get(args.verb).run(args)
-    except (UnknownNameError, ValueError, FileExistsError, FileNotFoundError, RuntimeError) as err:
+    except (UnknownNameError, ValueError, FileExistsError, FileNotFoundError, RuntimeError, FloatingPointError) as err:
         log.error("%s", err)
         return 2
 

@@ -49,3 +49,23 @@ def load_policy(directory: str | Path, device: str = "cpu") -> FlowPolicy:
     policy.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
     policy.stats = unflatten_stats(load_file(str(directory / STATS_FILE)))
     return policy.to(device).eval()
+
+
+def save_optimizer_state(optimizer: torch.optim.Optimizer, directory: Path) -> None:
+    """The optimizer's tensors as safetensors and its param groups as JSON (no pickle)."""
+    opt_state = optimizer.state_dict()
+    tensors = {
+        f"{pid}/{name}": t for pid, s in opt_state["state"].items() for name, t in s.items() if torch.is_tensor(t)
+    }
+    save_file(tensors, str(directory / "optimizer_state.safetensors"))
+    (directory / "optimizer_param_groups.json").write_text(json.dumps(opt_state["param_groups"]))
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, directory: Path) -> None:
+    groups = json.loads((directory / "optimizer_param_groups.json").read_text())
+    flat = load_file(str(directory / "optimizer_state.safetensors"))
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in flat.items():
+        pid, name = key.split("/", 1)
+        state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": groups})

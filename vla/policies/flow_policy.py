@@ -45,6 +45,10 @@ class Prefix:
     keys: list[Tensor]
     values: list[Tensor]
 
+    def select(self, index: Tensor) -> Prefix:
+        """The observations at ``index`` (B,) -> (len(index), ...)."""
+        return Prefix([k[index] for k in self.keys], [v[index] for v in self.values])
+
     def repeat(self, n: int) -> Prefix:
         """The same observation for n candidates each: (B, ...) -> (B * n, ...)."""
         return Prefix([k.repeat_interleave(n, 0) for k in self.keys], [v.repeat_interleave(n, 0) for v in self.values])

@@ -38,11 +38,15 @@ class PPOConfig:
     dual_clip: float | None = field(default=3.0, metadata={"help": "dual clip c > 1 (None: off)"})
     epochs: int = field(default=4, metadata={"help": "passes over each rollout"})
     minibatch_size: int = field(default=64, metadata={"help": "chunk decisions per gradient step"})
-    logprob_level: str = field(default="chunk", metadata={"help": "chunk, action or token (see LOGPROB_LEVELS)"})
+    logprob_level: str = field(
+        default="token", metadata={"help": "chunk, action or token (see LOGPROB_LEVELS; token: the ManiSkill config)"}
+    )
     logprob_reduce: str = field(default="mean", metadata={"help": "over denoising steps: mean (code) or sum (paper)"})
     value_coef: float = field(default=0.5, metadata={"help": "weight of the value loss"})
     value_clip: float | None = field(default=0.2, metadata={"help": "value clipping (None: off)"})
-    entropy_coef: float = field(default=0.0, metadata={"help": "entropy bonus (Flow-Noise; 0.005 in the reference)"})
+    entropy_coef: float = field(
+        default=0.005, metadata={"help": "entropy bonus (the reference's; Flow-SDE's std is fixed, so no effect there)"}
+    )
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
     target_kl: float | None = field(default=None, metadata={"help": "stop the epochs once approx KL exceeds it"})
 
@@ -88,11 +92,15 @@ class RolloutBatch:
 
     observations: dict[str, Any]  # a policy batch (B, ...) as FlowPolicy.prepare_observation takes it
     xs: Tensor  # (K + 1, B, H, A) recorded chains
-    stochastic: Tensor  # (K,) bool, shared by the batch (one rollout call)
+    stochastic: Tensor  # (B, K) bool: each decision's stochastic steps (one row per rollout call's draw)
     old_log_prob: Tensor  # (B, H, A) per element, from the rollout
     advantages: Tensor  # (B,)
     returns: Tensor  # (B,)
     old_values: Tensor  # (B,)
+
+    def __post_init__(self) -> None:
+        if self.stochastic.dim() == 1:  # one rollout call: its pattern for every decision
+            self.stochastic = self.stochastic[None].expand(len(self), -1)
 
     def __len__(self) -> int:
         return int(self.advantages.shape[0])
@@ -105,7 +113,7 @@ class RolloutBatch:
         return RolloutBatch(
             obs,
             self.xs[:, index],
-            self.stochastic,
+            self.stochastic[index],
             self.old_log_prob[index],
             self.advantages[index],
             self.returns[index],
@@ -114,28 +122,48 @@ class RolloutBatch:
 
 
 def evaluate(
-    policy, scheme: ExplorationScheme, value_head: ValueHead, batch: RolloutBatch, config: PPOConfig, n_exec: int
+    policy, scheme: ExplorationScheme, value_head: ValueHead | None, batch: RolloutBatch, config: PPOConfig, n_exec: int
 ):
-    """(per-level log-probs, entropy, values) of a batch under the current parameters."""
+    """(per-element log-probs, entropy, values) of a batch under the current parameters.
+
+    The observations are encoded once; decisions whose rollouts drew different stochastic steps
+    (Flow-SDE's hybrid) are re-evaluated in one group per pattern, so only those steps run."""
     prefix = policy.encode_observation(policy.prepare_observation(batch.observations))
-    step = policy_step_fn(policy, prefix)
-    log_prob, entropy = chain_log_prob_of(scheme, step, batch.xs, batch.stochastic, reduce=config.logprob_reduce)
-    _, hidden = step(batch.xs[-1], torch.zeros(len(batch)).to(batch.xs), torch.zeros(len(batch)).to(batch.xs))
-    values = value_head(hidden, n_exec)
+    log_prob = torch.empty_like(batch.old_log_prob)
+    entropy = torch.empty_like(batch.old_log_prob)
+    patterns, group_of = torch.unique(batch.stochastic, dim=0, return_inverse=True)
+    for g, pattern in enumerate(patterns):
+        index = torch.nonzero(group_of == g).flatten()
+        whole = len(patterns) == 1
+        step = policy_step_fn(policy, prefix if whole else prefix.select(index))
+        xs = batch.xs if whole else batch.xs[:, index]
+        lp, ent = chain_log_prob_of(scheme, step, xs, pattern, reduce=config.logprob_reduce)
+        log_prob = lp if whole else log_prob.index_put((index,), lp)
+        entropy = ent if whole else entropy.index_put((index,), ent)
+    values = None if value_head is None else critic_values(policy, prefix, value_head, batch.xs[-1], n_exec)
     return log_prob, entropy, values
+
+
+def critic_values(policy, prefix, value_head: ValueHead, chunk: Tensor, n_exec: int) -> Tensor:
+    """V of each decision: the value head on the expert's hidden states of the sampled chunk at
+    t = 0 (the same features at rollout and update)."""
+    zeros = torch.zeros(chunk.shape[0]).to(chunk)
+    _, hidden = policy_step_fn(policy, prefix)(chunk, zeros, zeros)
+    return value_head(hidden, n_exec)
 
 
 def ppo_update(
     policy,
     scheme: ExplorationScheme,
-    value_head: ValueHead,
+    value_head: ValueHead | None,
     batch: RolloutBatch,
     optimizer: torch.optim.Optimizer,
     config: PPOConfig,
     n_exec: int,
     generator: torch.Generator | None = None,
 ) -> dict[str, float]:
-    """Epochs of shuffled minibatches; returns the iteration's metrics (means over gradient steps)."""
+    """Epochs of shuffled minibatches; returns the iteration's metrics (means over gradient steps).
+    Without a value head (GRPO) there is no value loss."""
     action_dim = policy.config.action_dim
     level = LOGPROB_LEVELS[config.logprob_level]
     old = level(executed(batch.old_log_prob, n_exec, action_dim))
@@ -152,7 +180,11 @@ def ppo_update(
             new = level(executed(log_prob, n_exec, action_dim))
             adv = mb.advantages.reshape(-1, *([1] * (new.dim() - 1))).expand_as(new)
             pl = ppo_policy_loss(new, old[index], adv, clip=config.clip, dual_clip=config.dual_clip)
-            vl = value_loss(values, mb.old_values, mb.returns, clip=config.value_clip)
+            vl = (
+                torch.zeros(())
+                if values is None
+                else value_loss(values, mb.old_values, mb.returns, clip=config.value_clip)
+            )
             ent = executed(entropy, n_exec, action_dim).mean()
             loss = pl.loss + config.value_coef * vl - config.entropy_coef * ent
             if not torch.isfinite(loss):
@@ -182,7 +214,8 @@ def ppo_update(
     metrics = {k: v / max(steps, 1) for k, v in sums.items()}
     metrics["gradient_steps"] = float(steps)
     metrics["stopped_early"] = float(stopped_early)
-    metrics["explained_variance"] = explained_variance(batch.old_values, batch.returns)
+    if value_head is not None:
+        metrics["explained_variance"] = explained_variance(batch.old_values, batch.returns)
     if not all(math.isfinite(v) or k == "explained_variance" for k, v in metrics.items()):
         raise FloatingPointError(f"non-finite PPO metrics: {metrics}")
     return metrics

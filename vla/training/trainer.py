@@ -31,7 +31,13 @@ from tqdm import tqdm
 
 from vla import keys
 from vla.datasets.chunks import ChunkSampler, FrameTable, load_frames
-from vla.policies.checkpoint import flatten_stats, save_policy, unflatten_stats
+from vla.policies.checkpoint import (
+    flatten_stats,
+    load_optimizer_state,
+    save_optimizer_state,
+    save_policy,
+    unflatten_stats,
+)
 from vla.policies.config import PolicyConfig
 from vla.policies.flow_policy import FlowPolicy
 from vla.policies.normalize import compute_stats
@@ -111,12 +117,7 @@ def _save_training_state(directory: Path, step: int, policy, optimizer, ema: EMA
     save_file({k: v.contiguous() for k, v in policy.state_dict().items()}, str(tmp / "model.safetensors"))
     if ema is not None:
         save_file({k: v.contiguous() for k, v in ema.shadow.items()}, str(tmp / "ema.safetensors"))
-    opt_state = optimizer.state_dict()
-    tensors = {
-        f"{pid}/{name}": t for pid, s in opt_state["state"].items() for name, t in s.items() if torch.is_tensor(t)
-    }
-    save_file(tensors, str(tmp / "optimizer_state.safetensors"))
-    (tmp / "optimizer_param_groups.json").write_text(json.dumps(opt_state["param_groups"]))
+    save_optimizer_state(optimizer, tmp)
     save_file({"generator": generator.get_state(), "torch": torch.get_rng_state()}, str(tmp / "rng_state.safetensors"))
     (tmp / "training_step.json").write_text(json.dumps({"step": step}))
     shutil.rmtree(directory, ignore_errors=True)
@@ -127,13 +128,7 @@ def _load_training_state(directory: Path, policy, optimizer, ema: EMA | None, ge
     policy.load_state_dict(load_file(str(directory / "model.safetensors")))
     if ema is not None:
         ema.shadow = load_file(str(directory / "ema.safetensors"))
-    groups = json.loads((directory / "optimizer_param_groups.json").read_text())
-    flat = load_file(str(directory / "optimizer_state.safetensors"))
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in flat.items():
-        pid, name = key.split("/", 1)
-        state.setdefault(int(pid), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    load_optimizer_state(optimizer, directory)
     rng = load_file(str(directory / "rng_state.safetensors"))
     generator.set_state(rng["generator"])
     torch.set_rng_state(rng["torch"])

@@ -1,0 +1,220 @@
+"""`vla rl` end to end on a real simulator (RoboMimic Lift, state): a short run whose metrics are
+finite and whose checkpoint evaluates, GRPO's shared initial states, resume after a kill that
+repeats the uninterrupted run, non-finite weights that stop the run with the last good
+checkpoint kept, and refusal of a checkpoint that does not fit the environment."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vla import keys
+from vla.cli.rl import env_factory
+from vla.evaluation.evaluate import EvalConfig, evaluate
+from vla.policies.config import PolicyConfig
+from vla.registry import UnknownNameError
+from vla.rl.advantages import AdvantageConfig
+from vla.rl.ppo import PPOConfig
+from vla.rl.rollout import collect, group_seeds
+from vla.rl.trainer import RLConfig, RLRun, train_rl
+from vla.training.trainer import TrainConfig, train
+
+REPO = Path(__file__).resolve().parents[1]
+PER_ITERATION_METRICS = (
+    "success_once",
+    "success_at_end",
+    "return",
+    "env_steps_per_s",
+    "approx_kl",
+    "clip_fraction",
+    "entropy",
+    "noise_std",
+    "loss/value",
+    "grad_norm",
+)
+
+
+@pytest.fixture(scope="module")
+def lift_sft(tmp_path_factory, lift_dataset) -> Path:
+    """A tiny state policy (flow matching) trained briefly on the scripted Lift demonstrations."""
+    policy = PolicyConfig(
+        vector_features=(keys.OBS_STATE, keys.OBS_ENV_STATE),
+        head="flow_matching",
+        d_model=32,
+        n_heads=2,
+        n_expert_layers=1,
+        chunk_size=4,
+        n_action_steps=2,
+    )
+    out = tmp_path_factory.mktemp("rl") / "sft"
+    return train(
+        TrainConfig(dataset=lift_dataset, out=out, policy=policy, steps=20, batch_size=16, warmup_steps=5, seed=0)
+    )
+
+
+def small_rl(policy: Path, out: Path, **overrides) -> RLConfig:
+    values = dict(
+        policy=policy,
+        env="robomimic/Lift",
+        num_envs=2,
+        iterations=2,
+        max_episode_steps=10,
+        eval_episodes=2,
+        eval_every=0,
+        checkpoint_every=1,
+        vectorization="sync",
+        out=out,
+        ppo=PPOConfig(epochs=2, minibatch_size=4),
+    )
+    values.update(overrides)
+    return RLConfig(**values)
+
+
+def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(checkpoint / "model.safetensors"))
+
+
+@pytest.mark.parametrize(("algo", "optimizer"), [("flow-noise", "ppo"), ("flow-sde", "grpo")])
+def test_short_rl_run_has_finite_metrics_and_its_checkpoint_evaluates(tmp_path, lift_sft, algo, optimizer):
+    config = small_rl(
+        lift_sft,
+        tmp_path / "rl",
+        algo=algo,
+        optimizer=optimizer,
+        advantage=AdvantageConfig(group_size=2, filter_groups=False),
+    )
+    summary = train_rl(config, env_factory(config))
+    rows = [json.loads(line) for line in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    for row in rows[1:]:
+        for key in PER_ITERATION_METRICS:
+            if optimizer == "grpo" and key == "loss/value":
+                continue
+            assert key in row and math.isfinite(row[key]), (key, row)
+        assert row["env_steps"] > 0 and row["decisions_trained"] > 0
+    assert summary["before"]["episodes"] == summary["after"]["episodes"] == 2
+    assert summary["denoising_steps"] == 4  # flow matching: the reference's K
+    assert (tmp_path / "rl" / "learning_curve.png").stat().st_size > 0
+    checkpoint = Path(summary["checkpoint"])
+    assert checkpoint.name == "iter_0002" and (checkpoint / "rl_state").is_dir()
+    assert weights(checkpoint).keys() == weights(lift_sft).keys()  # a normal policy checkpoint
+    moved = any(not torch.equal(weights(checkpoint)[k], weights(lift_sft)[k]) for k in weights(lift_sft))
+    no_signal = optimizer == "grpo" and len({r["return"] for r in rows[1:]}) == 1 and rows[1]["return"] in (0.0, 1.0)
+    assert moved != no_signal  # GRPO with every episode alike has zero advantages: nothing to learn
+    results = evaluate(
+        EvalConfig(
+            policy=checkpoint,
+            env="robomimic/Lift",
+            episodes=2,
+            num_envs=1,
+            videos=0,
+            max_episode_steps=10,
+            out=tmp_path,
+        )
+    )
+    assert results["episodes"] == 2 and results["nfe"] == 4
+
+
+def test_grpo_groups_start_from_the_same_state(tmp_path, lift_sft):
+    config = small_rl(lift_sft, tmp_path / "rl", num_envs=4, optimizer="grpo", advantage=AdvantageConfig(group_size=2))
+    run = RLRun(config)
+    env = env_factory(config)(4)
+    try:
+        seeds = group_seeds(0, 0, 4, 2)
+        experience = collect(
+            run.policy, run.scheme, None, env, seeds, num_steps=4, n_exec=2, generator=torch.Generator().manual_seed(0)
+        )
+    finally:
+        env.close()
+    first = experience.observations[0][keys.OBS_ENV_STATE]
+    np.testing.assert_array_equal(first[0], first[1])
+    np.testing.assert_array_equal(first[2], first[3])
+    assert not np.array_equal(first[0], first[2])
+    # the same start, different exploration noise: the chunks differ within a group
+    assert not torch.equal(experience.xs[0, -1, 0], experience.xs[0, -1, 1])
+
+
+def test_resume_after_kill_repeats_the_uninterrupted_run(tmp_path, lift_sft):
+    iterations = 4
+    reference = small_rl(lift_sft, tmp_path / "whole", iterations=iterations, checkpoint_every=2)
+    train_rl(reference, env_factory(reference))
+    killed = small_rl(lift_sft, tmp_path / "killed", iterations=iterations, checkpoint_every=2)
+    config_path = tmp_path / "killed.json"
+    from vla.cli.args import config_to_json
+
+    config_path.write_text(config_to_json(killed))
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vla.cli.main", "rl", "--config", str(config_path)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:  # kill it after iteration 3, before 4
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (tmp_path / "killed" / "checkpoints" / "last").resolve().name == "iter_0002"
+    resumed = small_rl(lift_sft, tmp_path / "killed", iterations=iterations, checkpoint_every=2, resume=True)
+    train_rl(resumed, env_factory(resumed))
+    a = weights(tmp_path / "whole" / "checkpoints" / "last")
+    b = weights(tmp_path / "killed" / "checkpoints" / "last")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows_a = [json.loads(x) for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    rows_b = [json.loads(x) for x in metrics.read_text().splitlines()]
+    drop = ("wall_seconds", "env_steps_per_s", "rollout_seconds", "update_seconds", "eval")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in rows_a] == [
+        {k: v for k, v in r.items() if k not in drop} for r in rows_b
+    ]
+
+
+def test_non_finite_weights_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path, lift_sft, monkeypatch):
+    import vla.rl.trainer as trainer
+
+    real_update = trainer.ppo_update
+    calls = []
+
+    def update_then_corrupt(policy, *args, **kwargs):
+        metrics = real_update(policy, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            with torch.no_grad():
+                next(policy.parameters()).fill_(float("nan"))
+        return metrics
+
+    monkeypatch.setattr(trainer, "ppo_update", update_then_corrupt)
+    config = small_rl(lift_sft, tmp_path / "rl", iterations=3)
+    with pytest.raises(FloatingPointError, match="last good checkpoint is .*iter_0001"):
+        train_rl(config, env_factory(config))
+    kept = weights(tmp_path / "rl" / "checkpoints" / "last")
+    assert all(torch.isfinite(v).all() for v in kept.values())
+
+
+def test_a_checkpoint_that_does_not_fit_the_env_is_refused(tmp_path, lift_sft):
+    config = small_rl(lift_sft, tmp_path / "rl", env="robomimic/PickPlaceCan")
+    with pytest.raises(ValueError, match=r"observation\.environment_state"):
+        train_rl(config, env_factory(config))
+    with pytest.raises(UnknownNameError, match="flow-noise, flow-sde"):
+        small_rl(lift_sft, tmp_path / "x", algo="flow-gauss")
+    with pytest.raises(UnknownNameError, match="ppo"):
+        small_rl(lift_sft, tmp_path / "x", optimizer="reinforce")
+    result = subprocess.run(
+        [sys.executable, "-m", "vla.cli.main", "rl", "--policy", str(lift_sft), "--algo", "flow-gauss"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "flow-noise, flow-sde" in result.stderr
