@@ -87,6 +87,9 @@ class RLConfig:
     eval_episodes: int = field(default=50, metadata={"help": "fixed-seed episodes per evaluation"})
     eval_seed: int = field(default=1000, metadata={"help": "evaluation seeds (disjoint from training's)"})
     checkpoint_every: int = field(default=5, metadata={"help": "iterations between checkpoints"})
+    max_wall_minutes: float | None = field(
+        default=None, metadata={"help": "stop after the iteration that crosses this wall time (then evaluate)"}
+    )
     seed: int = field(default=0, metadata={"help": "training seed"})
     out: Path = field(default=Path("data/runs/rl"), metadata={"help": "output directory"})
     resume: bool = field(default=False, metadata={"help": "continue from out/checkpoints/last"})
@@ -348,12 +351,12 @@ def _loop(run: RLRun, env: RLEnv, out: Path, eval_seeds: list[int], history: lis
             "noise_std": experience.noise_std,
             **metrics,
         }
-        if config.eval_episodes and (
-            run.iteration == config.iterations or (config.eval_every and run.iteration % config.eval_every == 0)
-        ):
+        out_of_time = config.max_wall_minutes is not None and run.wall_seconds >= 60 * config.max_wall_minutes
+        final = run.iteration == config.iterations or out_of_time
+        if config.eval_episodes and (final or (config.eval_every and run.iteration % config.eval_every == 0)):
             record["eval"] = _eval_row(evaluate_deterministic(run.policy, env, eval_seeds, run.n_exec))
             evals.append(record)
-        if run.iteration % config.checkpoint_every == 0 or run.iteration == config.iterations:
+        if run.iteration % config.checkpoint_every == 0 or final:
             run.save(out)
         _append_metrics(out, record)
         history.append(record)
@@ -364,6 +367,9 @@ def _loop(run: RLRun, env: RLEnv, out: Path, eval_seeds: list[int], history: lis
             sps=f"{record['env_steps_per_s']:.0f}",
         )
         log.debug("iteration %s", json.dumps(record))
+        if out_of_time:
+            log.info("stopping at iteration %d: %.1f min of wall time used", run.iteration, run.wall_seconds / 60)
+            break
     bar.close()
     if config.iterations == 0 or not (out / "checkpoints" / "last").exists():
         run.save(out)
