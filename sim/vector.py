@@ -178,11 +178,15 @@ def _worker_main(conn: Connection, config: EnvConfig, env_index: int) -> None:
 
 
 def _worker_entry() -> None:
-    """``python -m sim.vector <fd>``: serve one env over the inherited socket."""
+    """``python -c WORKER_ENTRY <fd>``: serve one env over the inherited socket."""
     fd = int(sys.argv[1])
     conn = Connection(fd)
     config, env_index = conn.recv()
     _worker_main(conn, config, env_index)
+
+
+# not ``-m sim.vector``: the package imports this module first, and runpy then warns per worker
+WORKER_ENTRY = "from sim.vector import _worker_entry; _worker_entry()"
 
 
 class SubprocVectorEnv(VectorEnv):
@@ -207,7 +211,7 @@ class SubprocVectorEnv(VectorEnv):
         for i, config in enumerate(configs):
             parent_sock, child_sock = socket.socketpair()
             proc = subprocess.Popen(
-                [python or sys.executable, "-m", "sim.vector", str(child_sock.fileno())],
+                [python or sys.executable, "-c", WORKER_ENTRY, str(child_sock.fileno())],
                 pass_fds=(child_sock.fileno(),),
                 env=env,
                 cwd=repo_root,

@@ -218,3 +218,34 @@ def test_a_checkpoint_that_does_not_fit_the_env_is_refused(tmp_path, lift_sft):
         text=True,
     )
     assert result.returncode == 2 and "flow-noise, flow-sde" in result.stderr
+
+
+def test_ray_env_workers_give_the_same_run_as_the_in_process_path(tmp_path, lift_sft):
+    ray = pytest.importorskip("ray")
+    local = small_rl(lift_sft, tmp_path / "local", num_envs=2, iterations=2, eval_episodes=0)
+    train_rl(local, env_factory(local))
+    distributed = small_rl(lift_sft, tmp_path / "ray", num_envs=2, iterations=2, eval_episodes=0, ray_workers=2)
+    try:
+        train_rl(distributed, env_factory(distributed))
+        assert len(ray.nodes()) == 1 and ray.cluster_resources()["CPU"] >= 1  # a real local instance ran it
+    finally:
+        ray.shutdown()
+    a, b = weights(tmp_path / "local" / "checkpoints" / "last"), weights(tmp_path / "ray" / "checkpoints" / "last")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [
+        [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in ("local", "ray")
+    ]
+    for r_local, r_ray in zip(*rows, strict=True):
+        for key in ("env_steps", "return", "loss/policy", "approx_kl", "noise_std"):
+            assert r_local.get(key) == r_ray.get(key), key
+
+
+def test_bench_rl_times_rl_and_raw_stepping_of_the_same_envs(lift_sft, capsys):
+    from vla.bench.rl_throughput import BenchRLConfig, run_bench_rl
+
+    raw, rl = run_bench_rl(
+        BenchRLConfig(policy=lift_sft, num_envs=2, iterations=1, max_episode_steps=8, vectorization="sync")
+    )
+    assert raw["env_steps"] == rl["env_steps"] == 2 * 8  # the same episodes' steps, counted alike
+    assert raw["steps_per_s"] > 0 and 0 < rl["ratio_to_raw"] and 0 < rl["learner_share"] < 1
+    assert "ratio" in capsys.readouterr().out

@@ -33,6 +33,10 @@ class DemoConfig:
     out: Path = field(default=Path("data/demo"), metadata={"help": "output directory (replaced on re-run)"})
     train_steps: int = field(default=3000, metadata={"help": "DM1 optimizer steps (0: stop after the dataset)"})
     eval_episodes: int = field(default=20, metadata={"help": "evaluation episodes"})
+    rl_minutes: float = field(
+        default=4.0, metadata={"help": "wall time of the RL stage on a few-shot policy (0: no RL stage)"}
+    )
+    rl_sft_steps: int = field(default=300, metadata={"help": "supervised steps of the few-shot policy RL starts from"})
 
 
 def episode_frames(dataset, episode: int, cameras: list[str]) -> dict[str, np.ndarray]:
@@ -102,6 +106,8 @@ def run_demo(config: DemoConfig) -> int:
     )
     if config.train_steps > 0:
         text += _train_and_evaluate(config, out, summary)
+    if config.rl_minutes > 0:
+        text += _rl_stage(config, out, summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "summary.md").write_text(text)
     print(text)
@@ -161,4 +167,57 @@ def _train_and_evaluate(config: DemoConfig, out: Path, summary: dict) -> str:
         f"- evaluation on {config.env}: success {100 * results['success_rate']:.0f}% over {results['episodes']} "
         f"episodes (95% CI {100 * low:.0f}-{100 * high:.0f}%), latency p50 {latency['p50']:.1f} ms per chunk "
         f"(batch {latency['batch']}), {eval_seconds:.0f} s; `eval/results.json`, `eval/videos/`, `eval/eval.png`\n"
+    )
+
+
+def _rl_stage(config: DemoConfig, out: Path, summary: dict) -> str:
+    """pi_RL in miniature: a briefly trained flow-matching policy (the few-shot start), then a few
+    minutes of Flow-Noise PPO in parallel simulators, evaluated before and after on the same
+    fixed seeds with the deterministic sampler."""
+    from vla import keys
+    from vla.cli.rl import run_rl
+    from vla.policies.config import PolicyConfig
+    from vla.rl.trainer import RLConfig
+    from vla.training.trainer import TrainConfig, train
+
+    sft = train(
+        TrainConfig(
+            dataset=out / "dataset",
+            out=out / "rl_sft",
+            policy=PolicyConfig(
+                vector_features=(keys.OBS_STATE, keys.OBS_ENV_STATE),
+                head="flow_matching",
+                d_model=64,
+                n_expert_layers=2,
+                chunk_size=8,
+                n_action_steps=4,
+            ),
+            steps=config.rl_sft_steps,
+            batch_size=128,
+            save_every=config.rl_sft_steps,
+            seed=config.seed,
+        )
+    )
+    rl = run_rl(
+        RLConfig(
+            policy=sft,
+            env=config.env,
+            num_envs=8,
+            iterations=10**6,
+            max_wall_minutes=config.rl_minutes,
+            max_episode_steps=80,
+            eval_episodes=config.eval_episodes,
+            eval_every=0,
+            checkpoint_every=10,
+            seed=config.seed,
+            out=out / "rl",
+        )
+    )
+    summary["rl"] = rl
+    before, after = rl["before"], rl["after"]
+    return (
+        f"- RL (Flow-Noise PPO, 8 envs) on a few-shot flow-matching policy ({config.rl_sft_steps} supervised "
+        f"steps): success {100 * before['success_once']:.0f}% -> {100 * after['success_once']:.0f}% over "
+        f"{after['episodes']} fixed-seed episodes, {rl['iterations']} iterations, {rl['env_steps']} env steps, "
+        f"{rl['wall_seconds']:.0f} s; checkpoint `{rl['checkpoint']}`, curve `rl/learning_curve.png`\n"
     )

@@ -145,10 +145,13 @@ def evaluate(
 
 
 def critic_values(policy, prefix, value_head: ValueHead, chunk: Tensor, n_exec: int) -> Tensor:
-    """V of each decision: the value head on the expert's hidden states of the sampled chunk at
-    t = 0 (the same features at rollout and update)."""
-    zeros = torch.zeros(chunk.shape[0]).to(chunk)
-    _, hidden = policy_step_fn(policy, prefix)(chunk, zeros, zeros)
+    """V of each decision: the value head on the expert's hidden states for a fixed input (a zero
+    chunk at t = 1), which depend on the observation only. Features of the sampled chunk would
+    make the critic a Q-function of the very action being judged, a baseline that depends on
+    the action and so biases the policy gradient."""
+    zeros = torch.zeros_like(chunk)
+    ones = torch.ones(chunk.shape[0]).to(chunk)
+    _, hidden = policy_step_fn(policy, prefix)(zeros, ones, ones)
     return value_head(hidden, n_exec)
 
 

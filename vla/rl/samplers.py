@@ -53,8 +53,13 @@ class FlowNoise(nn.Module):
     """Learned exploration noise: ``std = bounded_std(noise_net(hidden), *std_range)`` per
     action token and dimension, ODE means at every step."""
 
-    def __init__(self, d_model: int, action_dim: int, std_range: tuple[float, float] = (0.08, 0.16)):
+    def __init__(
+        self, d_model: int, action_dim: int, std_range: tuple[float, float] = (0.08, 0.16), detach_features: bool = True
+    ):
         super().__init__()
+        # detached: the entropy bonus, a small gradient of constant sign that Adam scales up to
+        # full steps, would otherwise reshape the expert's features toward the widest noise
+        self.detach_features = detach_features
         bounded_std(torch.zeros(1), *std_range)  # validates the range
         self.std_range = std_range
         self.noise_net = nn.Sequential(
@@ -67,7 +72,8 @@ class FlowNoise(nn.Module):
     def transition(
         self, x: Tensor, u: Tensor, hidden: Tensor, t: Tensor, t_next: Tensor, num_steps: int
     ) -> tuple[Tensor, Tensor]:
-        return ode_mean(x, u, expand_time(t - t_next, x)), bounded_std(self.noise_net(hidden), *self.std_range)
+        std = bounded_std(self.noise_net(hidden.detach() if self.detach_features else hidden), *self.std_range)
+        return ode_mean(x, u, expand_time(t - t_next, x)), std
 
     @property
     def includes_initial(self) -> bool:
