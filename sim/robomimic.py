@@ -96,7 +96,7 @@ def _is_robosuite15(version: str) -> bool:
 
 
 ARM_CONTROLLERS = ("OSC_POSE", "JOINT_POSITION", "JOINT_TARGET")
-ENV_OPTIONS = ("controller", "control_freq", "joint_kp", "max_joint_step")
+ENV_OPTIONS = ("controller", "control_freq", "joint_kp", "max_joint_step", "reward_shaping")
 # robosuite's joint controller multiplies kp (1/s^2) by the mass matrix. Its default 150 lags a
 # target by ~0.07 rad on Lift's demonstration motions (half a step); a JointTrajectoryController
 # on a Franka tracks within millimetres, and joint-target policies are trained on where the arm
@@ -175,6 +175,7 @@ class RobomimicEnv(SingleEnv):
         if unknown_options:
             raise ValueError(f"unknown option(s) {sorted(unknown_options)}; available: {', '.join(ENV_OPTIONS)}")
         controller = str(config.options.get("controller", "OSC_POSE"))
+        shaped = str(config.options.get("reward_shaping", "false")).lower() in ("1", "true", "yes")
         self.controller = controller
         self.max_joint_step = float(config.options.get("max_joint_step", 0.2))  # rad per step, JOINT_TARGET
         control_freq = float(config.options.get("control_freq", FPS))
@@ -196,7 +197,7 @@ class RobomimicEnv(SingleEnv):
             horizon=10**6,  # EpisodeRunner owns the time limit
             ignore_done=True,
             hard_reset=False,  # reloading the XML every episode costs ~0.5 s and changes nothing
-            reward_shaping=False,
+            reward_shaping=shaped,  # robosuite's staged dense reward (reach, grasp, lift), for RL
             **version_kwargs,
             **dict(self.task.env_kwargs),
         )
@@ -225,7 +226,11 @@ class RobomimicEnv(SingleEnv):
             action_low=tuple(float(x) for x in low),
             action_high=tuple(float(x) for x in high),
             robot="panda" if len(robots) == 1 else "panda_x2",
-            extra={"robosuite_version": robosuite.__version__, "controller": controller, "reward": "sparse"},
+            extra={
+                "robosuite_version": robosuite.__version__,
+                "controller": controller,
+                "reward": "shaped" if shaped else "sparse",
+            },
         )
         self.last_raw_obs = first
 

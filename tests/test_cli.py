@@ -81,3 +81,19 @@ def test_collect_without_expert_lists_tasks_with_experts(tmp_path):
     assert proc.returncode == 2
     assert "LIBERO has no scripted experts" in proc.stderr and "robomimic/Lift" in proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_demo_runs_every_stage_with_small_settings(tmp_path):
+    """`make demo`'s job end to end at toy sizes: dataset, DM1, evaluation, and the RL stage."""
+    out = tmp_path / "demo"
+    vla(
+        "demo",
+        *("--episodes", "2", "--train-steps", "20", "--eval-episodes", "2", "--out", str(out)),
+        *("--rl-minutes", "0.05", "--rl-sft-steps", "20"),
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["eval"]["episodes"] == 2
+    rl = summary["rl"]
+    assert rl["iterations"] >= 1 and rl["before"]["episodes"] == rl["after"]["episodes"] == 2
+    assert (out / "rl" / "checkpoints" / "last" / "model.safetensors").is_file()
+    assert "RL (Flow-Noise PPO" in (out / "summary.md").read_text()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from vla.rl.trainer import RLConfig
 
@@ -40,7 +41,7 @@ def _raw_stepping(config: RLConfig, rounds: int, n_exec: int) -> dict:
     from vla.rl.rollout import group_seeds
 
     policy = load_policy(config.policy)
-    mean_action = policy.action_norm.inverse(np.zeros((1, policy.config.action_dim), np.float32))
+    mean_action = policy.action_norm.inverse(torch.zeros(1, policy.config.action_dim)).numpy()
     env = env_factory(config)(config.num_envs)
     try:
         steps, start = 0, time.perf_counter()
@@ -55,7 +56,12 @@ def _raw_stepping(config: RLConfig, rounds: int, n_exec: int) -> dict:
         seconds = time.perf_counter() - start
     finally:
         env.close()
-    return {"mode": "raw env stepping", "env_steps": steps, "seconds": round(seconds, 2), "steps_per_s": steps / seconds}
+    return {
+        "mode": "raw env stepping",
+        "env_steps": steps,
+        "seconds": round(seconds, 2),
+        "steps_per_s": steps / seconds,
+    }
 
 
 def run_bench_rl(bench: BenchRLConfig) -> list[dict]:
@@ -82,7 +88,7 @@ def run_bench_rl(bench: BenchRLConfig) -> list[dict]:
 
         n_exec = PolicyConfig.load(bench.policy / "config.json").n_action_steps
         raw = _raw_stepping(replace(config, out=Path(tmp) / "raw"), bench.iterations, n_exec)
-    steps = sum(r["env_steps"] - p["env_steps"] for p, r in zip(rows_rl, rows_rl[1:], strict=False))
+    steps = rows_rl[-1]["env_steps"]  # cumulative
     seconds = rows_rl[-1]["wall_seconds"]
     rollout = sum(r["rollout_seconds"] for r in rows_rl)
     update = sum(r["update_seconds"] for r in rows_rl)

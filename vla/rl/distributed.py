@@ -75,7 +75,7 @@ class RayVectorEnv:
         self.num_envs = num_envs
         self._sizes = [len(part) for part in split_evenly(range(num_envs), num_workers)]
         actor = ray.remote(num_cpus=1)(_EnvWorker)
-        self._workers = [actor.remote(make_env, size) for size in self._sizes]
+        self._workers: list[Any] = [actor.remote(make_env, size) for size in self._sizes]
         self._ray = ray
         self.spec = ray.get(self._workers[0].spec.remote())
 
