@@ -96,4 +96,4 @@ def test_demo_runs_every_stage_with_small_settings(tmp_path):
     rl = summary["rl"]
     assert rl["iterations"] >= 1 and rl["before"]["episodes"] == rl["after"]["episodes"] == 2
     assert (out / "rl" / "checkpoints" / "last" / "model.safetensors").is_file()
-    assert "RL (Flow-Noise PPO" in (out / "summary.md").read_text()
+    assert "RL (Flow-SDE PPO" in (out / "summary.md").read_text()

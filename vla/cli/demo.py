@@ -172,7 +172,7 @@ def _train_and_evaluate(config: DemoConfig, out: Path, summary: dict) -> str:
 
 def _rl_stage(config: DemoConfig, out: Path, summary: dict) -> str:
     """pi_RL in miniature: a briefly trained flow-matching policy (the few-shot start), then a few
-    minutes of Flow-Noise PPO in parallel simulators, evaluated before and after on the same
+    minutes of Flow-SDE PPO in parallel simulators, evaluated before and after on the same
     fixed seeds with the deterministic sampler."""
     from vla import keys
     from vla.cli.rl import run_rl
@@ -216,7 +216,7 @@ def _rl_stage(config: DemoConfig, out: Path, summary: dict) -> str:
     summary["rl"] = rl
     before, after = rl["before"], rl["after"]
     return (
-        f"- RL (Flow-Noise PPO, 8 envs) on a few-shot flow-matching policy ({config.rl_sft_steps} supervised "
+        f"- RL (Flow-SDE PPO, 8 envs) on a few-shot flow-matching policy ({config.rl_sft_steps} supervised "
         f"steps): success {100 * before['success_once']:.0f}% -> {100 * after['success_once']:.0f}% over "
         f"{after['episodes']} fixed-seed episodes, {rl['iterations']} iterations, {rl['env_steps']} env steps, "
         f"{rl['wall_seconds']:.0f} s; checkpoint `{rl['checkpoint']}`, curve `rl/learning_curve.png`\n"

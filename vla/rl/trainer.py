@@ -66,7 +66,10 @@ class ExplorationConfig:
 class RLConfig:
     policy: Path = field(default=Path("data/runs/train/checkpoints/last"), metadata={"help": "SFT checkpoint"})
     env: str = field(default="robomimic/Lift", metadata={"help": "<suite>/<task> (see `vla envs`)"})
-    algo: str = field(default="flow-noise", metadata={"help": "exploration scheme: flow-noise or flow-sde"})
+    algo: str = field(
+        default="flow-sde",
+        metadata={"help": "exploration scheme: flow-sde or flow-noise (docs/rl.md: flow-sde measured better here)"},
+    )
     optimizer: str = field(default="ppo", metadata={"help": "ppo (critic + GAE) or grpo (groups, no critic)"})
     num_envs: int = field(default=8, metadata={"help": "parallel environments (GRPO: a multiple of group_size)"})
     iterations: int = field(default=40, metadata={"help": "collect-and-update iterations"})
