@@ -162,3 +162,16 @@ def test_normalize_and_explained_variance():
     out = normalize(x, mask)
     assert out[3] == 0 and abs(float(out[:3].mean())) < 1e-6
     assert explained_variance(x, x) == 1.0 and math.isnan(explained_variance(x, torch.ones(4)))
+
+
+def test_kl_penalty_is_zero_unmoved_positive_moved_and_pulls_back():
+    from vla.rl.objectives import kl_penalty
+
+    old = torch.tensor([-1.0, -2.0, -0.5])
+    assert float(kl_penalty(old.clone(), old)) == 0.0
+    new = torch.tensor([-0.5, -2.5, -0.5], requires_grad=True)
+    value = kl_penalty(new, old)
+    r = torch.exp(torch.tensor([0.5, -0.5, 0.0]))
+    assert torch.isclose(value, ((r - 1) - torch.log(r)).mean())
+    value.backward()
+    assert new.grad[0] > 0 and new.grad[1] < 0 and new.grad[2] == 0  # descending it moves back to old

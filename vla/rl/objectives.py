@@ -206,6 +206,13 @@ def ppo_policy_loss(
     )
 
 
+def kl_penalty(log_prob: Tensor, old_log_prob: Tensor) -> Tensor:
+    """The k3 estimate of KL(old || new), ``mean((r - 1) - log r)`` with gradients: >= 0, zero
+    where the policy has not moved (the optional KL penalty of the PPO update)."""
+    log_ratio = log_prob - old_log_prob
+    return (torch.exp(log_ratio) - 1.0 - log_ratio).mean()
+
+
 def value_loss(
     values: Tensor,
     old_values: Tensor,

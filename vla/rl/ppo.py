@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vla.rl.objectives import explained_variance, ppo_policy_loss, value_loss
+from vla.rl.objectives import explained_variance, kl_penalty, ppo_policy_loss, value_loss
 from vla.rl.samplers import ExplorationScheme, chain_log_prob_of, policy_step_fn
 
 LOGPROB_LEVELS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -49,6 +49,7 @@ class PPOConfig:
     )
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
     target_kl: float | None = field(default=None, metadata={"help": "stop the epochs once approx KL exceeds it"})
+    kl_coef: float = field(default=0.0, metadata={"help": "KL penalty to the rollout policy (k3 estimate; 0: off)"})
 
     def __post_init__(self) -> None:
         if self.logprob_level not in LOGPROB_LEVELS:
@@ -189,7 +190,8 @@ def ppo_update(
                 else value_loss(values, mb.old_values, mb.returns, clip=config.value_clip)
             )
             ent = executed(entropy, n_exec, action_dim).mean()
-            loss = pl.loss + config.value_coef * vl - config.entropy_coef * ent
+            kl = kl_penalty(new, old[index])
+            loss = pl.loss + config.value_coef * vl - config.entropy_coef * ent + config.kl_coef * kl
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"non-finite PPO loss ({float(loss)}): policy {float(pl.loss)}, value {float(vl)}"
@@ -206,6 +208,7 @@ def ppo_update(
                 ("approx_kl", pl.approx_kl),
                 ("ratio", pl.ratio_mean),
                 ("grad_norm", grad_norm),
+                ("kl_penalty", kl),
             ):
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
             steps += 1
