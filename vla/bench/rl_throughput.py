@@ -29,7 +29,7 @@ class BenchRLConfig:
     num_envs: int = field(default=8, metadata={"help": "parallel environments"})
     iterations: int = field(default=3, metadata={"help": "RL iterations (and raw rounds) to time"})
     max_episode_steps: int = field(default=80, metadata={"help": "episode limit"})
-    algo: str = field(default="flow-noise", metadata={"help": "exploration scheme"})
+    algo: str = field(default="flow-sde", metadata={"help": "exploration scheme (vla rl's default)"})
     optimizer: str = field(default="ppo", metadata={"help": "ppo or grpo"})
     vectorization: str = field(default="auto", metadata={"help": "env batching, as in vla eval"})
     out: str | None = field(default=None, metadata={"help": "write the rows as JSON here"})
