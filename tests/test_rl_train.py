@@ -107,6 +107,8 @@ def test_short_rl_run_has_finite_metrics_and_its_checkpoint_evaluates(tmp_path, 
     assert (tmp_path / "rl" / "learning_curve.png").stat().st_size > 0
     checkpoint = Path(summary["checkpoint"])
     assert checkpoint.name == "iter_0002" and (checkpoint / "rl_state").is_dir()
+    assert summary["best"]["iteration"] == 2  # the only evaluation after RL
+    assert (tmp_path / "rl" / "checkpoints" / "best").resolve() == checkpoint
     assert weights(checkpoint).keys() == weights(lift_sft).keys()  # a normal policy checkpoint
     moved = any(not torch.equal(weights(checkpoint)[k], weights(lift_sft)[k]) for k in weights(lift_sft))
     no_signal = optimizer == "grpo" and len({r["return"] for r in rows[1:]}) == 1 and rows[1]["return"] in (0.0, 1.0)

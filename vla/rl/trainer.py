@@ -16,6 +16,8 @@ Output directory::
     checkpoints/iter_0010/  a normal policy checkpoint (vla eval / serve / the ROS node load it)
         rl_state/           exploration and critic weights, optimizer, counters (for --resume)
     checkpoints/last -> iter_XXXX
+    checkpoints/best -> the iteration whose evaluation scored highest (chosen on the evaluation
+                        seeds themselves, so its score is optimistic; re-evaluate on new seeds)
 
 An iteration's randomness (its episode seeds, the sampler's noise, the minibatch order) comes
 from (seed, iteration) alone, so a run resumed from a checkpoint repeats the uninterrupted run.
@@ -216,10 +218,7 @@ class RLRun:
         (state / "counters.json").write_text(json.dumps(counters))
         shutil.rmtree(directory, ignore_errors=True)
         tmp.rename(directory)  # atomic: a kill never leaves a half-written checkpoint
-        last = out / "checkpoints" / "last"
-        if last.is_symlink() or last.exists():
-            last.unlink()
-        last.symlink_to(directory.name)
+        _link(out, "last", directory)
         return directory
 
     def load(self, directory: Path) -> None:
@@ -238,6 +237,14 @@ class RLRun:
         )
         if isinstance(self.scheme, FlowNoise) and "std_range" in counters:
             self.scheme.std_range = tuple(counters["std_range"])
+
+
+def _link(out: Path, name: str, directory: Path) -> None:
+    """``checkpoints/<name>`` -> ``directory`` (``last``; ``best``: the highest evaluated success)."""
+    link = out / "checkpoints" / name
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(directory.name)
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -357,10 +364,14 @@ def _loop(run: RLRun, env: RLEnv, out: Path, eval_seeds: list[int], history: lis
         out_of_time = config.max_wall_minutes is not None and run.wall_seconds >= 60 * config.max_wall_minutes
         final = run.iteration == config.iterations or out_of_time
         if config.eval_episodes and (final or (config.eval_every and run.iteration % config.eval_every == 0)):
-            record["eval"] = _eval_row(evaluate_deterministic(run.policy, env, eval_seeds, run.n_exec))
+            result = _eval_row(evaluate_deterministic(run.policy, env, eval_seeds, run.n_exec))
+            record["eval"] = result
+            earlier = [e["eval"]["success_once"] for e in evals if e["iteration"] > 0]
             evals.append(record)
+            if not earlier or result["success_once"] > max(earlier):
+                _link(out, "best", run.save(out))
         if run.iteration % config.checkpoint_every == 0 or final:
-            run.save(out)
+            run.save(out)  # after a new best too: "last" then names this iteration again
         _append_metrics(out, record)
         history.append(record)
         bar.update(1)
@@ -390,6 +401,14 @@ def _loop(run: RLRun, env: RLEnv, out: Path, eval_seeds: list[int], history: lis
         "after": evals[-1]["eval"] if evals else None,
         "checkpoint": str((out / "checkpoints" / "last").resolve()),
     }
+    rl_evals = [e for e in evals if e["iteration"] > 0]
+    if rl_evals and (out / "checkpoints" / "best").exists():
+        top = max(rl_evals, key=lambda e: e["eval"]["success_once"])  # the first of equals, as linked
+        summary["best"] = {
+            "iteration": top["iteration"],
+            "success_once": top["eval"]["success_once"],
+            "checkpoint": str((out / "checkpoints" / "best").resolve()),
+        }
     (out / "rl_summary.json").write_text(json.dumps(summary, indent=2))
     if evals:
         log.info(
