@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 : "${VLA_LINT_BIN:?run  eval \"\$(bash scripts/setup_env.sh)\"  first}"
 # The typed core: flow math, RL objectives, action heads and policy config, the observation
 # contract, thread budgets, registries, the safety layer and the action-chunk scheduler.
-TYPED=(vla/flow vla/rl vla/policies/heads.py vla/policies/config.py vla/observation.py vla/threads.py vla/registry.py
+TYPED=(vla/flow vla/rl vla/seeding.py vla/policies/heads.py vla/policies/config.py vla/observation.py vla/threads.py vla/registry.py
        vla/keys.py hardware/safety.py hardware/action_chunks.py hardware/franka/limits.py)
 echo "[lint] ruff check" >&2
 "$VLA_LINT_BIN/ruff" check .

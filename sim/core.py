@@ -10,13 +10,13 @@ return, length, time limit, auto-reset keeping the final observation, action chu
 from __future__ import annotations
 
 import abc
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from vla import keys
+from vla.seeding import derived_seed
 
 OBS_MODES = ("state", "rgb")
 
@@ -96,8 +96,7 @@ class SingleEnv(abc.ABC):
 
 def episode_seed(base_seed: int, env_index: int, episode_index: int) -> int:
     """Seed of one episode: independent of how many envs run and of timing, so runs repeat."""
-    digest = hashlib.blake2b(f"{base_seed}/{env_index}/{episode_index}".encode(), digest_size=4).digest()
-    return int.from_bytes(digest, "little") & 0x7FFFFFFF
+    return derived_seed(base_seed, env_index, episode_index)
 
 
 def validate_actions(actions: Any, num_envs: int, action_dim: int) -> np.ndarray:

@@ -114,29 +114,34 @@ def run_demo(config: DemoConfig) -> int:
     return 0
 
 
-def _train_and_evaluate(config: DemoConfig, out: Path, summary: dict) -> str:
-    """A state-only DM1 policy (one-step MeanFlow) on the demonstrations, then its evaluation."""
-    import time
-
+def state_policy(head: str):
+    """The demo's small state-only policy (state + object state, width 64, chunk 8, 4 executed)."""
     from vla import keys
-    from vla.evaluation.evaluate import EvalConfig, evaluate
     from vla.policies.config import PolicyConfig
-    from vla.training.trainer import TrainConfig, train
 
-    policy = PolicyConfig(
+    return PolicyConfig(
         vector_features=(keys.OBS_STATE, keys.OBS_ENV_STATE),
-        head="meanflow",
+        head=head,
         d_model=64,
         n_expert_layers=2,
         chunk_size=8,
         n_action_steps=4,
     )
+
+
+def _train_and_evaluate(config: DemoConfig, out: Path, summary: dict) -> str:
+    """A state-only DM1 policy (one-step MeanFlow) on the demonstrations, then its evaluation."""
+    import time
+
+    from vla.evaluation.evaluate import EvalConfig, evaluate
+    from vla.training.trainer import TrainConfig, train
+
     started = time.perf_counter()
     checkpoint = train(
         TrainConfig(
             dataset=out / "dataset",
             out=out / "train",
-            policy=policy,
+            policy=state_policy("meanflow"),
             steps=config.train_steps,
             batch_size=128,
             save_every=config.train_steps,
@@ -174,9 +179,7 @@ def _rl_stage(config: DemoConfig, out: Path, summary: dict) -> str:
     """pi_RL in miniature: a briefly trained flow-matching policy (the few-shot start), then a few
     minutes of Flow-SDE PPO in parallel simulators, evaluated before and after on the same
     fixed seeds with the deterministic sampler."""
-    from vla import keys
     from vla.cli.rl import run_rl
-    from vla.policies.config import PolicyConfig
     from vla.rl.trainer import RLConfig
     from vla.training.trainer import TrainConfig, train
 
@@ -184,14 +187,7 @@ def _rl_stage(config: DemoConfig, out: Path, summary: dict) -> str:
         TrainConfig(
             dataset=out / "dataset",
             out=out / "rl_sft",
-            policy=PolicyConfig(
-                vector_features=(keys.OBS_STATE, keys.OBS_ENV_STATE),
-                head="flow_matching",
-                d_model=64,
-                n_expert_layers=2,
-                chunk_size=8,
-                n_action_steps=4,
-            ),
+            policy=state_policy("flow_matching"),
             steps=config.rl_sft_steps,
             batch_size=128,
             save_every=config.rl_sft_steps,

@@ -7,21 +7,11 @@ policy reads (state or cameras at its image size), on this machine or as Ray act
 from __future__ import annotations
 
 import functools
-import logging
 from typing import Any
 
-from vla import keys
+from vla.evaluation.evaluate import observation_kwargs, parse_env_options
 from vla.policies.config import PolicyConfig
 from vla.rl.trainer import EnvFactory, RLConfig, train_rl
-
-log = logging.getLogger(__name__)
-
-
-def _options(config: RLConfig) -> dict[str, str]:
-    bad = [o for o in config.env_options if "=" not in o]
-    if bad:
-        raise ValueError(f"env options are key=value, got {bad}")
-    return dict(o.split("=", 1) for o in config.env_options)
 
 
 def env_kwargs(config: RLConfig) -> dict[str, Any]:
@@ -31,16 +21,12 @@ def env_kwargs(config: RLConfig) -> dict[str, Any]:
     path = config.policy / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{config.policy} is not a policy checkpoint (missing {CONFIG_FILE})")
-    policy = PolicyConfig.load(path)
-    cameras = tuple(keys.camera_of(k) for k in policy.image_features)
     return {
-        "obs_mode": "rgb" if cameras else "state",
-        "image_size": policy.image_size or (84, 84),
-        "cameras": cameras or None,
+        **observation_kwargs(PolicyConfig.load(path)),
         "max_episode_steps": config.max_episode_steps,
         "terminate_on_success": config.terminate_on_success,
         "seed": config.seed,
-        **_options(config),
+        **parse_env_options(config.env_options),
     }
 
 

@@ -63,10 +63,26 @@ class EvalConfig:
     )
 
     def options(self) -> dict[str, str]:
-        bad = [o for o in self.env_options if "=" not in o]
-        if bad:
-            raise ValueError(f"env options are key=value, got {bad}")
-        return dict(o.split("=", 1) for o in self.env_options)
+        return parse_env_options(self.env_options)
+
+
+def parse_env_options(pairs: tuple[str, ...]) -> dict[str, str]:
+    """``("controller=JOINT_TARGET", ...)`` -> make_env's suite options."""
+    bad = [o for o in pairs if "=" not in o]
+    if bad:
+        raise ValueError(f"env options are key=value, got {bad}")
+    return dict(o.split("=", 1) for o in pairs)
+
+
+def observation_kwargs(policy_config) -> dict:
+    """make_env's observation arguments for what a policy reads: state only, or its cameras at
+    its image size."""
+    cameras = tuple(keys.camera_of(k) for k in policy_config.image_features)
+    return {
+        "obs_mode": "rgb" if cameras else "state",
+        "image_size": policy_config.image_size or (84, 84),
+        "cameras": cameras or None,
+    }
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -90,14 +106,10 @@ def evaluate(config: EvalConfig) -> dict:
     n_action_steps = config.n_action_steps or policy.config.n_action_steps
     if not 1 <= n_action_steps <= policy.config.chunk_size:
         raise ValueError(f"n_action_steps must be in [1, {policy.config.chunk_size}], got {n_action_steps}")
-    cameras = tuple(keys.camera_of(k) for k in policy.config.image_features)
-    image_size = policy.config.image_size or (84, 84)
     env = make_env(
         config.env,
         num_envs=config.num_envs,
-        obs_mode="rgb" if cameras else "state",
-        image_size=image_size,
-        cameras=cameras or None,
+        **observation_kwargs(policy.config),
         seed=config.seed,
         max_episode_steps=config.max_episode_steps,
         vectorization=config.vectorization,

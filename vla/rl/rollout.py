@@ -14,7 +14,6 @@ solved at some step of the episode) and ``success_at_end`` (solved at its last s
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from torch import Tensor
 from vla import keys
 from vla.rl.ppo import ValueHead, critic_values
 from vla.rl.samplers import ExplorationScheme, policy_step_fn, rollout
+from vla.seeding import derived_seed
 
 
 class RLEnv(Protocol):
@@ -41,13 +41,6 @@ class RLEnv(Protocol):
     def step(self, actions: Any) -> tuple[dict[str, Any], np.ndarray, np.ndarray, np.ndarray, dict]: ...
 
     def close(self) -> None: ...
-
-
-def derived_seed(*parts: object) -> int:
-    """A 31-bit seed from any parts (base seed, phase, iteration, group): independent of how
-    many environments run or how long anything took, so runs repeat and resume exactly."""
-    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=4).digest()
-    return int.from_bytes(digest, "little") & 0x7FFFFFFF
 
 
 def group_seeds(base: int, iteration: int, num_envs: int, group_size: int) -> list[int]:

@@ -43,8 +43,9 @@ from tqdm import tqdm
 from vla.policies.checkpoint import load_optimizer_state, load_policy, save_optimizer_state, save_policy
 from vla.rl.advantages import ADVANTAGES, AdvantageConfig
 from vla.rl.ppo import PPOConfig, RolloutBatch, ValueHead, ppo_update
-from vla.rl.rollout import RLEnv, collect, derived_seed, evaluate_deterministic, group_seeds
+from vla.rl.rollout import RLEnv, collect, evaluate_deterministic, group_seeds
 from vla.rl.samplers import EXPLORATION, ExplorationScheme, FlowNoise
+from vla.seeding import derived_seed
 from vla.threads import set_thread_budget
 
 log = logging.getLogger(__name__)
@@ -281,7 +282,7 @@ def train_rl(config: RLConfig, make_env: EnvFactory) -> dict[str, Any]:
     elif (out / "metrics.jsonl").exists():
         raise FileExistsError(f"{out} already holds a run; pass --resume or another --out")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(_jsonable(dataclasses.asdict(config)), indent=2))
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2, default=str))
     history = _read_metrics(out, before=run.iteration)
     env = make_env(config.num_envs)
     try:
@@ -443,14 +444,6 @@ def _read_metrics(out: Path, before: int) -> list[dict]:
     kept = [r for r in rows if r["iteration"] <= before]
     path.write_text("".join(json.dumps(r) + "\n" for r in kept))
     return kept
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return str(value) if isinstance(value, Path) else value
 
 
 def _plot(history: list[dict], path: Path, config: RLConfig) -> None:
