@@ -37,12 +37,13 @@ def make_env(
     max_episode_steps: int | None = None,
     terminate_on_success: bool = True,
     vectorization: str = "auto",
+    workers: int | None = None,
     **options: Any,
 ):
     """Build a batched environment for ``"<suite>/<task>"``.
 
-    ``vectorization``: ``sync`` steps every env in this process, ``subprocess`` gives each
-    env a process, ``gpu`` uses the suite's GPU-batched simulator (ManiSkill physx_cuda).
+    ``vectorization``: ``sync`` steps every env in this process, ``subprocess`` spreads them
+    over ``workers`` processes (default: one per core, each stepping its share in turn), ``gpu`` uses the suite's GPU-batched simulator (ManiSkill physx_cuda).
     ``auto`` picks ``gpu`` when the suite has one and CUDA is present, ``sync`` for one env
     and ``subprocess`` otherwise.
     """
@@ -79,5 +80,5 @@ def make_env(
     configs = [config] * num_envs
     python = suite.worker_python(task)
     if python is not None:  # the task lives in another interpreter: always a subprocess
-        return SubprocVectorEnv(configs, python=python)
-    return SyncVectorEnv(configs) if vectorization == "sync" else SubprocVectorEnv(configs)
+        return SubprocVectorEnv(configs, python=python, workers=workers)
+    return SyncVectorEnv(configs) if vectorization == "sync" else SubprocVectorEnv(configs, workers=workers)

@@ -1,8 +1,9 @@
 """Batched environments: many ``EpisodeRunner``s behind one batched API.
 
 ``SyncVectorEnv`` steps them in this process (cheapest for one env); ``SubprocVectorEnv``
-gives each its own process (ManiSkill refuses num_envs > 1 on its CPU backend, and MuJoCo
-is single-threaded), so stepping scales with the cores available. Both return:
+spreads them over worker processes, one per core by default, each stepping its share of
+single-env simulators in turn (MuJoCo is single-threaded, and ManiSkill refuses num_envs > 1
+on its CPU backend), so stepping scales with the cores available. Both return:
 
     obs     {key: (B, ...)} with ``task`` a list of B strings
     reward  (B,) float32, summed over the executed part of each chunk
@@ -27,7 +28,7 @@ import numpy as np
 
 from sim.core import EnvConfig, EnvSpec, EpisodeRunner, validate_actions
 from vla import keys
-from vla.threads import thread_budget
+from vla.threads import cpu_count, thread_budget
 
 
 def stack_observations(observations: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -155,10 +156,12 @@ class SyncVectorEnv(VectorEnv):
         self.workers = []
 
 
-def _worker_main(conn: Connection, config: EnvConfig, env_index: int) -> None:
+def _worker_main(conn: Connection, config: EnvConfig, env_indices: Sequence[int]) -> None:
+    """Serve a group of envs: each command carries one argument tuple per env of the group and
+    is answered with one result per env (stepped one after the other, in this process)."""
     try:
-        worker = _Worker(config, env_index)
-        conn.send(("ok", worker.spec()))
+        workers = [_Worker(config, i) for i in env_indices]
+        conn.send(("ok", [w.spec() for w in workers]))
     except BaseException:  # report construction errors to the parent instead of dying silently
         conn.send(("error", traceback.format_exc()))
         return
@@ -168,29 +171,37 @@ def _worker_main(conn: Connection, config: EnvConfig, env_index: int) -> None:
         except (EOFError, KeyboardInterrupt):
             break
         if method == "close":
-            worker.close()
+            for worker in workers:
+                worker.close()
             conn.send(("ok", None))
             break
         try:
-            conn.send(("ok", getattr(worker, method)(*args)))
+            conn.send(("ok", [getattr(w, method)(*a) for w, a in zip(workers, args, strict=True)]))
         except BaseException:
             conn.send(("error", traceback.format_exc()))
 
 
 def _worker_entry() -> None:
-    """``python -c WORKER_ENTRY <fd>``: serve one env over the inherited socket."""
+    """``python -c WORKER_ENTRY <fd>``: serve a group of envs over the inherited socket."""
     fd = int(sys.argv[1])
     conn = Connection(fd)
-    config, env_index = conn.recv()
-    _worker_main(conn, config, env_index)
+    config, env_indices = conn.recv()
+    _worker_main(conn, config, env_indices)
 
 
 # not ``-m sim.vector``: the package imports this module first, and runpy then warns per worker
 WORKER_ENTRY = "from sim.vector import _worker_entry; _worker_entry()"
 
 
+def default_workers(num_envs: int) -> int:
+    """One simulator process per core: more processes than cores only take turns on them, and
+    each robosuite process holds ~0.8 GB (32 of them filled this 24 GB machine)."""
+    return max(1, min(num_envs, cpu_count()))
+
+
 class SubprocVectorEnv(VectorEnv):
-    """One simulator per process, commands over a socket pair.
+    """Simulators in worker processes, commands over a socket pair; each of ``workers``
+    processes (default: one per core) steps its consecutive share of the envs in turn.
 
     Workers are fresh interpreters (not forks), so each has its own rendering context and
     no torch/OpenGL state is shared. A suite may ask for another interpreter (a sidecar
@@ -198,7 +209,7 @@ class SubprocVectorEnv(VectorEnv):
     ``worker_python``; the wire format is plain pickled numpy, so both sides only need numpy.
     """
 
-    def __init__(self, configs: Sequence[EnvConfig], python: str | None = None):
+    def __init__(self, configs: Sequence[EnvConfig], python: str | None = None, workers: int | None = None):
         repo_root = str(Path(__file__).resolve().parents[1])
         env = dict(os.environ)
         env["PYTHONPATH"] = repo_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -206,9 +217,16 @@ class SubprocVectorEnv(VectorEnv):
         # (the env_worker role's budget, vla/threads.py; VLA_THREADS_ENV_WORKER overrides it)
         budget = str(thread_budget("env_worker"))
         env.update(OMP_NUM_THREADS=budget, MKL_NUM_THREADS=budget)
+        self.num_envs = len(configs)
+        workers = default_workers(self.num_envs) if workers is None else workers
+        if not 1 <= workers <= self.num_envs:
+            raise ValueError(f"workers must be in [1, num_envs={self.num_envs}], got {workers}")
+        base, extra = divmod(self.num_envs, workers)
+        sizes = [base + (1 if w < extra else 0) for w in range(workers)]
+        self.groups = [list(range(sum(sizes[:w]), sum(sizes[: w + 1]))) for w in range(workers)]
         self.conns: list[Connection] = []
         self.procs: list[subprocess.Popen] = []
-        for i, config in enumerate(configs):
+        for group in self.groups:
             parent_sock, child_sock = socket.socketpair()
             proc = subprocess.Popen(
                 [python or sys.executable, "-c", WORKER_ENTRY, str(child_sock.fileno())],
@@ -218,10 +236,9 @@ class SubprocVectorEnv(VectorEnv):
             )
             child_sock.close()
             conn = Connection(parent_sock.detach())
-            conn.send((config, i))
+            conn.send((configs[group[0]], group))
             self.conns.append(conn)
             self.procs.append(proc)
-        self.num_envs = len(configs)
         # True between sending commands and reading every reply: an exception in between (Ctrl-C)
         # can leave a reply half-read, and the socket stream then no longer parses
         self._in_flight = True
@@ -229,15 +246,19 @@ class SubprocVectorEnv(VectorEnv):
         self.spec = specs[0]
 
     def _receive_all(self) -> list[Any]:
+        """Every worker's replies, flattened to one result per env in env order."""
         results, errors = [], []
         for i, conn in enumerate(self.conns):
+            envs = self.groups[i]
+            label = f"env {envs[0]}" if len(envs) == 1 else f"envs {envs[0]}-{envs[-1]}"
             try:
                 status, payload = conn.recv()
             except EOFError:
                 status, payload = "error", f"worker {i} exited (exit code {self.procs[i].poll()})"
             if status == "error":
-                errors.append(f"[env {i}] {payload}")
-            results.append(payload)
+                errors.append(f"[{label}] {payload}")
+                payload = [None] * len(envs)
+            results.extend(payload)
         self._in_flight = False
         if errors:
             self.close()
@@ -245,9 +266,12 @@ class SubprocVectorEnv(VectorEnv):
         return results
 
     def _call_all(self, method, args):
+        args = list(args)
+        if len(args) != self.num_envs:
+            raise ValueError(f"{method}: need one argument tuple per env ({self.num_envs}), got {len(args)}")
         self._in_flight = True
-        for conn, a in zip(self.conns, args, strict=True):
-            conn.send((method, a))
+        for conn, group in zip(self.conns, self.groups, strict=True):
+            conn.send((method, [args[i] for i in group]))
         return self._receive_all()
 
     def close(self):

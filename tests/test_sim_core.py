@@ -105,18 +105,26 @@ def test_same_seed_same_observations():
         b.close()
 
 
-def test_subprocess_vector_env_matches_in_process():
-    """Two subprocess workers give the same observations as in-process envs with the same seeds."""
-    sub = make_env("robomimic/Lift", num_envs=2, seed=3, vectorization="subprocess")
-    sync = make_env("robomimic/Lift", num_envs=2, seed=3, vectorization="sync")
+@pytest.mark.parametrize(("num_envs", "workers"), [(2, None), (3, 2)])
+def test_subprocess_vector_env_matches_in_process(num_envs, workers):
+    """Subprocess workers, one env each or several in turn (3 envs in 2 processes), give the
+    same observations as in-process envs with the same seeds, in env order."""
+    sub = make_env("robomimic/Lift", num_envs=num_envs, seed=3, vectorization="subprocess", workers=workers)
+    sync = make_env("robomimic/Lift", num_envs=num_envs, seed=3, vectorization="sync")
     try:
+        assert [len(g) for g in sub.groups] == ([1, 1] if workers is None else [2, 1])
+        assert len(sub.procs) == len(sub.groups)
         a, b = sub.reset(), sync.reset()
         np.testing.assert_array_equal(a[keys.OBS_ENV_STATE], b[keys.OBS_ENV_STATE])
         assert not np.array_equal(a[keys.OBS_ENV_STATE][0], a[keys.OBS_ENV_STATE][1]), "envs must differ"
-        act = np.random.default_rng(1).uniform(-1, 1, size=(2, 3, 7))
+        act = np.random.default_rng(1).uniform(-1, 1, size=(num_envs, 3, 7))
         a, ra, *_ = sub.step(act)
         b, rb, *_ = sync.step(act)
         np.testing.assert_array_equal(a[keys.OBS_STATE], b[keys.OBS_STATE])
+        np.testing.assert_array_equal(ra, rb)
+        seeds = [11, 12, 11][:num_envs]
+        a, b = sub.reset_episodes(seeds), sync.reset_episodes(seeds)
+        np.testing.assert_array_equal(a[keys.OBS_ENV_STATE], b[keys.OBS_ENV_STATE])
     finally:
         sub.close()
         sync.close()

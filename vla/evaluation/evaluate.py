@@ -50,7 +50,7 @@ class EvalConfig:
     vectorization: Literal["auto", "sync", "subprocess", "gpu"] = field(
         default="auto",
         metadata={
-            "help": "sync (every env in this process), subprocess (one process per env), gpu (the suite's GPU-batched "
+            "help": "sync (every env in this process), subprocess (worker processes, one per core), gpu (the suite's GPU-batched "
             "simulator) or auto (gpu where the suite has one and CUDA is present; else sync for one env, "
             "subprocess for more)"
         },

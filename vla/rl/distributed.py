@@ -130,3 +130,153 @@ def ray_env_factory(make_env: Callable[[int], Any], num_workers: int, address: s
         return RayVectorEnv(make_env, num_envs, num_workers)
 
     return factory
+
+
+# ---------------------------------------------------------------- data-parallel learner
+class TorchDistributedSync:
+    """The :class:`vla.rl.ppo.GradientSync` of one data-parallel learner: a strided shard of
+    each minibatch, gradients and metrics summed over the process group after weighting by the
+    shard's share (so the sum is the whole minibatch's mean, as one learner computes it)."""
+
+    def __init__(self, rank: int, world_size: int):
+        self.rank, self.world_size = rank, world_size
+
+    def shard(self, index):
+        return index[self.rank :: self.world_size]
+
+    def reduce_gradients(self, params, share: float) -> None:
+        import torch
+        import torch.distributed as dist
+
+        grads = [p.grad for p in params if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads]) * share  # one all-reduce per step
+        dist.all_reduce(flat)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def reduce_metrics(self, values, share: float):
+        import torch.distributed as dist
+
+        values = values * share
+        dist.all_reduce(values)
+        return values
+
+
+def learner_backend(requested: str) -> str:
+    """gloo on CPU, NCCL where CUDA is present; an explicit NCCL without CUDA is refused, never
+    quietly swapped for gloo."""
+    import torch
+
+    if requested not in ("auto", "gloo", "nccl"):
+        raise ValueError(f"unknown learner backend {requested!r}; available: auto, gloo, nccl")
+    if requested == "nccl" and not torch.cuda.is_available():
+        raise RuntimeError("learner backend nccl needs CUDA on the learners; none is visible (use gloo)")
+    if requested == "auto":
+        return "nccl" if torch.cuda.is_available() else "gloo"
+    return requested
+
+
+class _Learner:
+    """The body of one learner actor: a replica of the run's policy, exploration, critic and
+    optimizer, in a torch.distributed process group with the other learners."""
+
+    def __init__(self, config, rank: int, world_size: int, threads: int):
+        from vla.rl.trainer import RLRun
+        from vla.threads import set_thread_budget
+
+        set_thread_budget("learner", threads)
+        self.rank, self.world_size = rank, world_size
+        self.run = RLRun(config)
+        self.sync = TorchDistributedSync(rank, world_size)
+
+    def endpoint(self) -> tuple[str, int]:
+        """Where rank 0 listens for the process group: this node's address and a free port."""
+        import socket
+
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def join(self, address: str, port: int, backend: str, state: dict[str, Any]) -> None:
+        import torch.distributed as dist
+
+        dist.init_process_group(
+            backend, init_method=f"tcp://{address}:{port}", rank=self.rank, world_size=self.world_size
+        )
+        self.run.load_state_dicts(state)
+
+    def update(self, batch, generator_state):
+        import torch
+
+        from vla.rl.ppo import ppo_update
+
+        run = self.run
+        generator = torch.Generator()
+        generator.set_state(generator_state)
+        config = run.config
+        metrics = ppo_update(
+            run.policy, run.scheme, run.value_head, batch, run.optimizer, config.ppo, run.n_exec, generator, self.sync
+        )
+        if self.rank:
+            return None  # the replicas are identical; rank 0 answers for all
+        return metrics, run.state_dicts(), generator.get_state()
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class DataParallelLearner:
+    """The learner side of the actor/learner split: ``world_size`` Ray actors that run each PPO
+    update data-parallel with torch.distributed (gloo on CPU, NCCL on GPU).
+
+    The driver keeps a mirror of the learners' state (weights, exploration, critic and optimizer
+    moments) after every update: its policy runs the next rollout, and checkpoints and
+    ``--resume`` stay those of the single-process run. That costs one state transfer per
+    iteration, small for the policies trained here; a billion-parameter policy would want the
+    learners to checkpoint themselves (not built). On a cluster, every learner loads the SFT
+    checkpoint from the same path, so it must be on storage all nodes see."""
+
+    def __init__(self, run, world_size: int, address: str | None, backend: str = "auto"):
+        import ray
+
+        from vla.threads import thread_budget
+
+        if world_size < 2:
+            raise ValueError(f"a data-parallel learner needs at least 2 learners, got {world_size}")
+        init_ray(address)
+        backend = learner_backend(backend)
+        # Learners and env actors take turns (rollout, then update), so learners reserve no
+        # CPU slot of their own; on GPU each takes a device.
+        options = {"num_cpus": 0, "num_gpus": 1 if backend == "nccl" else 0}
+        threads = max(1, thread_budget("learner") // world_size)
+        actor = ray.remote(_Learner).options(**options)
+        self._ray = ray
+        self.workers = [actor.remote(run.config, rank, world_size, threads) for rank in range(world_size)]
+        address_0, port = ray.get(self.workers[0].endpoint.remote())
+        state = run.state_dicts()
+        ray.get([w.join.remote(address_0, port, backend, state) for w in self.workers])
+        self.backend = backend
+
+    def update(self, run, batch, generator) -> dict[str, float]:
+        """One PPO update on all learners; the driver's ``run`` and ``generator`` then mirror them."""
+        results = self._ray.get([w.update.remote(batch, generator.get_state()) for w in self.workers])
+        metrics, state, generator_state = results[0]
+        run.load_state_dicts(state)
+        generator.set_state(generator_state)
+        return metrics
+
+    def close(self) -> None:
+        for worker in self.workers:
+            try:
+                self._ray.get(worker.close.remote())
+            finally:
+                self._ray.kill(worker)
+        self.workers = []

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -156,6 +156,37 @@ def critic_values(policy, prefix, value_head: ValueHead, chunk: Tensor, n_exec: 
     return value_head(hidden, n_exec)
 
 
+class GradientSync(Protocol):
+    """How one minibatch's gradient is formed: here, in this process (:class:`LocalSync`), or
+    averaged over data-parallel learners (:class:`vla.rl.distributed.TorchDistributedSync`).
+
+    Each learner takes its ``shard`` of the minibatch; its gradient and metrics, weighted by its
+    share of the minibatch, are summed over the learners, which is the full minibatch's mean
+    (every loss term is a mean over decisions)."""
+
+    def shard(self, index: Tensor) -> Tensor: ...
+
+    def reduce_gradients(self, params: list[Tensor], share: float) -> None: ...
+
+    def reduce_metrics(self, values: Tensor, share: float) -> Tensor: ...
+
+
+class LocalSync:
+    """One learner: the whole minibatch, nothing to reduce."""
+
+    def shard(self, index: Tensor) -> Tensor:
+        return index
+
+    def reduce_gradients(self, params: list[Tensor], share: float) -> None:
+        pass
+
+    def reduce_metrics(self, values: Tensor, share: float) -> Tensor:
+        return values
+
+
+_STAT_KEYS = ("loss", "loss/policy", "loss/value", "entropy", "clip_fraction", "approx_kl", "ratio", "kl_penalty")
+
+
 def ppo_update(
     policy,
     scheme: ExplorationScheme,
@@ -165,9 +196,12 @@ def ppo_update(
     config: PPOConfig,
     n_exec: int,
     generator: torch.Generator | None = None,
+    sync: GradientSync | None = None,
 ) -> dict[str, float]:
     """Epochs of shuffled minibatches; returns the iteration's metrics (means over gradient steps).
-    Without a value head (GRPO) there is no value loss."""
+    Without a value head (GRPO) there is no value loss. With a data-parallel ``sync`` every
+    learner draws the same minibatch order and computes its shard of each minibatch."""
+    sync = sync or LocalSync()
     action_dim = policy.config.action_dim
     level = LOGPROB_LEVELS[config.logprob_level]
     old = level(executed(batch.old_log_prob, n_exec, action_dim))
@@ -179,40 +213,40 @@ def ppo_update(
         order = torch.randperm(len(batch), generator=generator)
         for start in range(0, len(batch), config.minibatch_size):
             index = order[start : start + config.minibatch_size]
-            mb = batch.subset(index)
+            local = sync.shard(index)
+            share = len(local) / len(index)
+            if not len(local):  # a learner without a share still runs the graph, at weight 0
+                local = index[:1]
+            mb = batch.subset(local)
             log_prob, entropy, values = evaluate(policy, scheme, value_head, mb, config, n_exec)
             new = level(executed(log_prob, n_exec, action_dim))
             adv = mb.advantages.reshape(-1, *([1] * (new.dim() - 1))).expand_as(new)
-            pl = ppo_policy_loss(new, old[index], adv, clip=config.clip, dual_clip=config.dual_clip)
+            pl = ppo_policy_loss(new, old[local], adv, clip=config.clip, dual_clip=config.dual_clip)
             vl = (
                 torch.zeros(())
                 if values is None
                 else value_loss(values, mb.old_values, mb.returns, clip=config.value_clip)
             )
             ent = executed(entropy, n_exec, action_dim).mean()
-            kl = kl_penalty(new, old[index])
+            kl = kl_penalty(new, old[local])
             loss = pl.loss + config.value_coef * vl - config.entropy_coef * ent + config.kl_coef * kl
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"non-finite PPO loss ({float(loss)}): policy {float(pl.loss)}, value {float(vl)}"
-                )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if share else 0.0 * loss).backward()
+            parts = (loss, pl.loss, vl, ent, pl.clip_fraction, pl.approx_kl, pl.ratio_mean, kl)
+            stats = dict(zip(_STAT_KEYS, sync.reduce_metrics(torch.stack(parts).detach().float(), share).tolist()))
+            if not math.isfinite(stats["loss"]):  # every learner sees the same reduced loss
+                raise FloatingPointError(
+                    f"non-finite PPO loss ({stats['loss']}): policy {stats['loss/policy']}, value {stats['loss/value']}"
+                )
+            sync.reduce_gradients(params, share)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
-            for key, value in (
-                ("loss/policy", pl.loss),
-                ("loss/value", vl),
-                ("entropy", ent),
-                ("clip_fraction", pl.clip_fraction),
-                ("approx_kl", pl.approx_kl),
-                ("ratio", pl.ratio_mean),
-                ("grad_norm", grad_norm),
-                ("kl_penalty", kl),
-            ):
-                sums[key] = sums.get(key, 0.0) + float(value.detach())
+            stats["grad_norm"] = float(grad_norm)
+            del stats["loss"]
+            for key, value in stats.items():
+                sums[key] = sums.get(key, 0.0) + value
             steps += 1
-            if config.target_kl is not None and float(pl.approx_kl) > config.target_kl:
+            if config.target_kl is not None and stats["approx_kl"] > config.target_kl:
                 stopped_early = True
                 break
         if stopped_early:

@@ -107,6 +107,10 @@ class RLConfig:
     ray_address: str | None = field(
         default=None, metadata={"help": "an existing Ray cluster (None: start a local instance)"}
     )
+    learner_workers: int = field(
+        default=1, metadata={"help": "data-parallel learners (torch.distributed, Ray actors); 1: update in-process"}
+    )
+    learner_backend: str = field(default="auto", metadata={"help": "auto (gloo on CPU, nccl with CUDA), gloo or nccl"})
 
     def __post_init__(self) -> None:
         EXPLORATION.get(self.algo)  # unknown names list what exists
@@ -115,6 +119,8 @@ class RLConfig:
             raise ValueError(f"unknown reward {self.reward!r}; available: {', '.join(REWARDS)}")
         if self.num_envs < 1 or self.iterations < 0:
             raise ValueError("num_envs must be >= 1 and iterations >= 0")
+        if self.learner_workers < 1:
+            raise ValueError(f"learner_workers must be >= 1, got {self.learner_workers}")
         if self.optimizer == "grpo" and self.num_envs % self.advantage.group_size:
             raise ValueError(
                 f"grpo: num_envs={self.num_envs} must be a multiple of advantage.group_size={self.advantage.group_size}"
@@ -196,6 +202,21 @@ class RLRun:
             frac = self.iteration / max(self.config.iterations - 1, 1)
             self.scheme.std_range = (e.std_min, e.std_max + frac * (e.std_max_final - e.std_max))
 
+    def state_dicts(self) -> dict[str, Any]:
+        """What a learner replica needs to continue: weights, exploration, critic, optimizer."""
+        state = {"policy": self.policy.state_dict(), "exploration": self.scheme.state_dict()}
+        if self.value_head is not None:
+            state["value_head"] = self.value_head.state_dict()
+        state["optimizer"] = self.optimizer.state_dict()
+        return state
+
+    def load_state_dicts(self, state: dict[str, Any]) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.scheme.load_state_dict(state["exploration"])
+        if self.value_head is not None:
+            self.value_head.load_state_dict(state["value_head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
     # ----------------------------------------------------------------- checkpoints
     def save(self, out: Path) -> Path:
         directory = out / "checkpoints" / f"iter_{self.iteration:04d}"
@@ -268,6 +289,28 @@ def check_env_fits(policy, env: RLEnv, obs: dict[str, Any], env_name: str, polic
 EnvFactory = Callable[[int], RLEnv]
 
 
+class InProcessLearner:
+    """The update in this process (``learner_workers=1``); the data-parallel one is
+    :class:`vla.rl.distributed.DataParallelLearner`."""
+
+    def update(self, run: RLRun, batch: RolloutBatch, generator: torch.Generator) -> dict[str, float]:
+        return ppo_update(
+            run.policy, run.scheme, run.value_head, batch, run.optimizer, run.config.ppo, run.n_exec, generator
+        )
+
+    def close(self) -> None:
+        pass
+
+
+def make_learner(run: RLRun):
+    config = run.config
+    if config.learner_workers == 1:
+        return InProcessLearner()
+    from vla.rl.distributed import DataParallelLearner
+
+    return DataParallelLearner(run, config.learner_workers, config.ray_address, config.learner_backend)
+
+
 def train_rl(config: RLConfig, make_env: EnvFactory) -> dict[str, Any]:
     """Run (or resume) RL fine-tuning; returns the summary written to ``rl_summary.json``."""
     set_thread_budget("learner")
@@ -285,21 +328,25 @@ def train_rl(config: RLConfig, make_env: EnvFactory) -> dict[str, Any]:
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2, default=str))
     history = _read_metrics(out, before=run.iteration)
     env = make_env(config.num_envs)
+    learner = None
     try:
+        learner = make_learner(run)
         eval_seeds = [derived_seed(config.eval_seed, "eval", i) for i in range(config.eval_episodes)]
         first_obs = env.reset_episodes(group_seeds(config.seed, 0, config.num_envs, config.group_size))
         check_env_fits(run.policy, env, first_obs, config.env, config.policy)
         try:
-            summary = _loop(run, env, out, eval_seeds, history)
+            summary = _loop(run, env, learner, out, eval_seeds, history)
         except FloatingPointError as err:
             kept = last.resolve() if last.exists() else "none yet"
             raise FloatingPointError(f"{err}; the run stopped, the last good checkpoint is {kept}") from err
     finally:
+        if learner is not None:
+            learner.close()
         env.close()
     return summary
 
 
-def _loop(run: RLRun, env: RLEnv, out: Path, eval_seeds: list[int], history: list[dict]) -> dict[str, Any]:
+def _loop(run: RLRun, env: RLEnv, learner, out: Path, eval_seeds: list[int], history: list[dict]) -> dict[str, Any]:
     config = run.config
     advantage_fn = ADVANTAGES.get(config.optimizer)
     evals = [h for h in history if "eval" in h]
@@ -338,9 +385,7 @@ def _loop(run: RLRun, env: RLEnv, out: Path, eval_seeds: list[int], history: lis
         update_start = time.perf_counter()
         metrics: dict[str, float] = {}
         if len(batch):
-            metrics = ppo_update(
-                run.policy, run.scheme, run.value_head, batch, run.optimizer, config.ppo, run.n_exec, generator
-            )
+            metrics = learner.update(run, batch, generator)
         update_seconds = time.perf_counter() - update_start
         run.check_finite()
         run.iteration += 1
