@@ -74,3 +74,25 @@ def test_bad_settings_and_non_finite_losses_are_refused():
     batch.returns = torch.full((B,), float("nan"))
     with pytest.raises(FloatingPointError, match="non-finite PPO loss"):
         ppo_update(policy, scheme, value_head, batch, optimizer, PPOConfig(epochs=1), N_EXEC)
+
+
+@pytest.mark.parametrize("features", ["expert", "prefix"])
+@pytest.mark.parametrize("detach", [True, False])
+def test_the_critic_reads_the_observation_only_and_detach_keeps_its_gradient_out(features, detach):
+    """Either feature choice gives a value that ignores the sampled chunk (a baseline, not a Q);
+    detached, the value loss moves only the head; attached, it reaches the policy's encoder."""
+    from vla.rl.ppo import critic_values
+
+    policy = tiny_policy("flow_matching")
+    value_head = ValueHead(policy.config.d_model, detach=detach, features=features)
+    obs = {keys.OBS_STATE: torch.randn(B, STATE, generator=torch.Generator().manual_seed(3))}
+    prefix = policy.encode_observation(policy.prepare_observation(obs))
+    values = critic_values(policy, prefix, value_head, torch.randn(B, H, A), N_EXEC)
+    again = critic_values(policy, prefix, value_head, torch.randn(B, H, A), N_EXEC)
+    assert values.shape == (B,) and torch.equal(values, again)
+    values.square().sum().backward()
+    encoder_grads = [p.grad for p in policy.vector_embed.parameters()]
+    assert all(g is None for g in encoder_grads) == detach
+    assert all(p.grad is not None for p in value_head.parameters())
+    with pytest.raises(ValueError, match="expert, prefix"):
+        PPOConfig(value_features="action")

@@ -242,6 +242,46 @@ def test_ray_env_workers_give_the_same_run_as_the_in_process_path(tmp_path, lift
             assert r_local.get(key) == r_ray.get(key), key
 
 
+def test_data_parallel_learners_give_the_run_of_one_learner(tmp_path, lift_sft):
+    """Two torch.distributed (gloo) learners in Ray actors, each on its shard of every minibatch
+    (minibatches of 5 leave one learner an empty shard at the end of an epoch), reach the weights
+    and metrics of the single-process update, to float rounding (the sums run in another order)."""
+    ray = pytest.importorskip("ray")
+    ppo = PPOConfig(epochs=2, minibatch_size=5)
+    local = small_rl(lift_sft, tmp_path / "local", iterations=2, eval_episodes=0, ppo=ppo)
+    train_rl(local, env_factory(local))
+    parallel = small_rl(lift_sft, tmp_path / "dp", iterations=2, eval_episodes=0, ppo=ppo, learner_workers=2)
+    try:
+        train_rl(parallel, env_factory(parallel))
+        assert len(ray.nodes()) == 1  # a real local instance ran the learners
+    finally:
+        ray.shutdown()
+    a, b = weights(tmp_path / "local" / "checkpoints" / "last"), weights(tmp_path / "dp" / "checkpoints" / "last")
+    start = weights(lift_sft)
+    assert any(not torch.equal(a[k], start[k]) for k in a)  # both learned
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6)
+    rows = [
+        [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in ("local", "dp")
+    ]
+    for r_local, r_dp in zip(*rows, strict=True):
+        assert r_local["env_steps"] == r_dp["env_steps"] and r_local["gradient_steps"] == r_dp["gradient_steps"]
+        for key in ("loss/policy", "loss/value", "approx_kl", "grad_norm"):
+            assert r_dp[key] == pytest.approx(r_local[key], rel=1e-3, abs=1e-6), key
+
+
+def test_nccl_learners_without_cuda_are_refused():
+    from vla.rl.distributed import learner_backend
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(RuntimeError, match="nccl needs CUDA"):
+        learner_backend("nccl")
+    assert learner_backend("auto") == "gloo"
+    with pytest.raises(ValueError, match="auto, gloo, nccl"):
+        learner_backend("mpi")
+
+
 def test_bench_rl_times_rl_and_raw_stepping_of_the_same_envs(lift_sft, capsys):
     from vla.bench.rl_throughput import BenchRLConfig, run_bench_rl
 

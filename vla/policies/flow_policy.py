@@ -40,18 +40,24 @@ from vla.policies.normalize import Normalizer
 
 @dataclass
 class Prefix:
-    """An encoded observation: per expert layer, the prefix keys and values."""
+    """An encoded observation: per expert layer, the prefix keys and values; and the observation
+    tokens they came from (B, T, d), for heads that read the observation alone (an RL critic)."""
 
     keys: list[Tensor]
     values: list[Tensor]
+    tokens: Tensor | None = None
 
     def select(self, index: Tensor) -> Prefix:
         """The observations at ``index`` (B,) -> (len(index), ...)."""
-        return Prefix([k[index] for k in self.keys], [v[index] for v in self.values])
+        tokens = None if self.tokens is None else self.tokens[index]
+        return Prefix([k[index] for k in self.keys], [v[index] for v in self.values], tokens)
 
     def repeat(self, n: int) -> Prefix:
         """The same observation for n candidates each: (B, ...) -> (B * n, ...)."""
-        return Prefix([k.repeat_interleave(n, 0) for k in self.keys], [v.repeat_interleave(n, 0) for v in self.values])
+        tokens = None if self.tokens is None else self.tokens.repeat_interleave(n, 0)
+        return Prefix(
+            [k.repeat_interleave(n, 0) for k in self.keys], [v.repeat_interleave(n, 0) for v in self.values], tokens
+        )
 
 
 class FlowPolicy(nn.Module):
@@ -140,7 +146,7 @@ class FlowPolicy(nn.Module):
         for block in self.prefix_blocks:
             prefix = block(prefix)
         kv = [block.prefix_keys_values(prefix) for block in self.expert_blocks]
-        return Prefix([k for k, _ in kv], [v for _, v in kv])
+        return Prefix([k for k, _ in kv], [v for _, v in kv], prefix)
 
     def expert(self, prefix: Prefix, x: Tensor, r: Tensor, t: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Velocity (flow matching, r = t) or average velocity (MeanFlow) of a (B, H, A) chunk."""

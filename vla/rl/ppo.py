@@ -50,22 +50,32 @@ class PPOConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
     target_kl: float | None = field(default=None, metadata={"help": "stop the epochs once approx KL exceeds it"})
     kl_coef: float = field(default=0.0, metadata={"help": "KL penalty to the rollout policy (k3 estimate; 0: off)"})
+    value_features: str = field(
+        default="expert", metadata={"help": "critic input: expert (hidden states at a fixed input) or prefix (tokens)"}
+    )
+    value_detach: bool = field(default=True, metadata={"help": "keep the critic's gradients out of the policy"})
 
     def __post_init__(self) -> None:
         if self.logprob_level not in LOGPROB_LEVELS:
             raise ValueError(f"unknown logprob_level {self.logprob_level!r}; available: {', '.join(LOGPROB_LEVELS)}")
         if self.logprob_reduce not in ("mean", "sum"):
             raise ValueError(f"logprob_reduce must be mean or sum, got {self.logprob_reduce!r}")
+        if self.value_features not in VALUE_FEATURES:
+            raise ValueError(
+                f"unknown value_features {self.value_features!r}; available: {', '.join(VALUE_FEATURES)}"
+            )
         if self.epochs < 1 or self.minibatch_size < 1:
             raise ValueError("epochs and minibatch_size must be >= 1")
 
 
 class ValueHead(nn.Module):
-    """V(s) from the action expert's hidden states (mean over the executed action tokens);
-    ``detach`` keeps the critic's gradients out of the expert (the reference's pi0 setting)."""
+    """V(s) from observation-only features of the policy (``VALUE_FEATURES``); ``detach`` keeps
+    the critic's gradients out of the policy (the reference's pi0 setting)."""
 
-    def __init__(self, d_model: int, hidden: tuple[int, ...] = (256, 128), detach: bool = True):
+    def __init__(self, d_model: int, hidden: tuple[int, ...] = (256, 128), detach: bool = True, features: str = "expert"):
         super().__init__()
+        if features not in VALUE_FEATURES:
+            raise ValueError(f"unknown value features {features!r}; available: {', '.join(VALUE_FEATURES)}")
         layers: list[nn.Module] = []
         d = d_model
         for width in hidden:
@@ -76,9 +86,9 @@ class ValueHead(nn.Module):
         nn.init.zeros_(last.bias)
         self.net = nn.Sequential(*layers, last)
         self.detach = detach
+        self.features = features
 
-    def forward(self, hidden: Tensor, n_exec: int) -> Tensor:
-        features = hidden[:, :n_exec].mean(1)
+    def forward(self, features: Tensor) -> Tensor:
         return self.net(features.detach() if self.detach else features).squeeze(-1)
 
 
@@ -145,15 +155,30 @@ def evaluate(
     return log_prob, entropy, values
 
 
-def critic_values(policy, prefix, value_head: ValueHead, chunk: Tensor, n_exec: int) -> Tensor:
-    """V of each decision: the value head on the expert's hidden states for a fixed input (a zero
-    chunk at t = 1), which depend on the observation only. Features of the sampled chunk would
+def expert_features(policy, prefix, chunk: Tensor, n_exec: int) -> Tensor:
+    """The expert's hidden states (mean over the executed tokens) for a fixed input, a zero
+    chunk at t = 1, which depend on the observation only. Features of the sampled chunk would
     make the critic a Q-function of the very action being judged, a baseline that depends on
     the action and so biases the policy gradient."""
     zeros = torch.zeros_like(chunk)
     ones = torch.ones(chunk.shape[0]).to(chunk)
     _, hidden = policy_step_fn(policy, prefix)(zeros, ones, ones)
-    return value_head(hidden, n_exec)
+    return hidden[:, :n_exec].mean(1)
+
+
+def prefix_features(policy, prefix, chunk: Tensor, n_exec: int) -> Tensor:
+    """The observation tokens after the prefix blocks, averaged (pi0's critic on the VLM output)."""
+    if prefix.tokens is None:
+        raise ValueError("value_features=prefix needs an encoded observation that keeps its tokens")
+    return prefix.tokens.mean(1)
+
+
+VALUE_FEATURES: dict[str, Callable[..., Tensor]] = {"expert": expert_features, "prefix": prefix_features}
+
+
+def critic_values(policy, prefix, value_head: ValueHead, chunk: Tensor, n_exec: int) -> Tensor:
+    """V of each decision from the value head's features of the observation."""
+    return value_head(VALUE_FEATURES[value_head.features](policy, prefix, chunk, n_exec))
 
 
 class GradientSync(Protocol):

@@ -175,7 +175,11 @@ class RLRun:
         d, a = self.policy.config.d_model, self.policy.config.action_dim
         torch.manual_seed(derived_seed(config.seed, "init"))  # the new heads' weights repeat per seed
         self.scheme = build_scheme(config, d, a)
-        self.value_head = ValueHead(d) if config.optimizer == "ppo" else None
+        self.value_head = (
+            ValueHead(d, detach=config.ppo.value_detach, features=config.ppo.value_features)
+            if config.optimizer == "ppo"
+            else None
+        )
         groups = [{"params": list(self.policy.parameters()), "lr": config.lr, "name": "policy"}]
         if list(self.scheme.parameters()):
             groups.append({"params": list(self.scheme.parameters()), "lr": config.noise_lr, "name": "noise"})
