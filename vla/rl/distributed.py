@@ -259,7 +259,7 @@ class DataParallelLearner:
         threads = max(1, thread_budget("learner") // world_size)
         actor = ray.remote(_Learner).options(**options)
         self._ray = ray
-        self.workers = [actor.remote(run.config, rank, world_size, threads) for rank in range(world_size)]
+        self.workers: list[Any] = [actor.remote(run.config, rank, world_size, threads) for rank in range(world_size)]
         address_0, port = ray.get(self.workers[0].endpoint.remote())
         state = run.state_dicts()
         ray.get([w.join.remote(address_0, port, backend, state) for w in self.workers])

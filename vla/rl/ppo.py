@@ -61,9 +61,7 @@ class PPOConfig:
         if self.logprob_reduce not in ("mean", "sum"):
             raise ValueError(f"logprob_reduce must be mean or sum, got {self.logprob_reduce!r}")
         if self.value_features not in VALUE_FEATURES:
-            raise ValueError(
-                f"unknown value_features {self.value_features!r}; available: {', '.join(VALUE_FEATURES)}"
-            )
+            raise ValueError(f"unknown value_features {self.value_features!r}; available: {', '.join(VALUE_FEATURES)}")
         if self.epochs < 1 or self.minibatch_size < 1:
             raise ValueError("epochs and minibatch_size must be >= 1")
 
@@ -72,7 +70,9 @@ class ValueHead(nn.Module):
     """V(s) from observation-only features of the policy (``VALUE_FEATURES``); ``detach`` keeps
     the critic's gradients out of the policy (the reference's pi0 setting)."""
 
-    def __init__(self, d_model: int, hidden: tuple[int, ...] = (256, 128), detach: bool = True, features: str = "expert"):
+    def __init__(
+        self, d_model: int, hidden: tuple[int, ...] = (256, 128), detach: bool = True, features: str = "expert"
+    ):
         super().__init__()
         if features not in VALUE_FEATURES:
             raise ValueError(f"unknown value features {features!r}; available: {', '.join(VALUE_FEATURES)}")
