@@ -225,3 +225,25 @@ def _finite(x: Any) -> bool:
         return bool(not x.is_floating_point() or x.isfinite().all())
     arr = np.asarray(x)
     return bool(arr.dtype.kind != "f" or np.isfinite(arr).all())
+
+
+def check_policy_fits_env(
+    spec: ObservationSpec,
+    action_dim: int,
+    env_spec: Any,
+    observation: dict[str, Any],
+    env_name: str,
+    policy_label: str = "the policy",
+) -> None:
+    """Refuse a policy whose action size or observation features do not fit an environment,
+    naming the mismatch, before any action reaches the simulator (``vla eval`` and ``vla rl``)."""
+    if env_spec.action_dim != action_dim:
+        controller = getattr(env_spec, "extra", {}).get("controller", "default")
+        raise ValueError(
+            f"{policy_label} outputs {action_dim}-dim actions but {env_name} takes {env_spec.action_dim}-dim "
+            f"actions (controller {controller}); a joint-target policy needs --env-options controller=JOINT_TARGET"
+        )
+    try:
+        spec.check_batch(observation)
+    except (ValueError, KeyError) as err:
+        raise ValueError(f"{policy_label} does not fit the observations of {env_name}: {err}") from err

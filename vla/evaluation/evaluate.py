@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from vla import keys
+from vla.observation import check_policy_fits_env
 from vla.threads import set_thread_budget
 
 log = logging.getLogger(__name__)
@@ -115,13 +116,6 @@ def evaluate(config: EvalConfig) -> dict:
         vectorization=config.vectorization,
         **config.options(),
     )
-    if env.spec.action_dim != policy.config.action_dim:
-        env.close()
-        raise ValueError(
-            f"the policy outputs {policy.config.action_dim}-dim actions but {config.env} takes "
-            f"{env.spec.action_dim} (controller {env.spec.extra.get('controller', 'default')}); "
-            "a joint-target policy needs --env-options controller=JOINT_TARGET"
-        )
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     b = env.num_envs
@@ -140,6 +134,9 @@ def evaluate(config: EvalConfig) -> dict:
 
     try:
         obs = env.reset()
+        check_policy_fits_env(
+            policy.observation_spec, policy.config.action_dim, env.spec, obs, config.env, str(config.policy)
+        )
         policy.predict_action_chunk(obs)  # warm-up (lazy loads such as the language encoder): not timed
         torch.manual_seed(config.seed)
         for i in range(b):

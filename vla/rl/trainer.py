@@ -40,6 +40,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from vla.observation import check_policy_fits_env
 from vla.policies.checkpoint import load_optimizer_state, load_policy, save_optimizer_state, save_policy
 from vla.rl.advantages import ADVANTAGES, AdvantageConfig
 from vla.rl.ppo import PPOConfig, RolloutBatch, ValueHead, ppo_update
@@ -277,19 +278,6 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in state.items()}
 
 
-def check_env_fits(policy, env: RLEnv, obs: dict[str, Any], env_name: str, policy_path: Path) -> None:
-    """Refuse a checkpoint whose action or observation spec does not match the environment."""
-    if env.spec.action_dim != policy.config.action_dim:
-        raise ValueError(
-            f"{policy_path} outputs {policy.config.action_dim}-dim actions but {env_name} takes "
-            f"{env.spec.action_dim}-dim actions"
-        )
-    try:
-        policy.observation_spec.check_batch(obs)
-    except (ValueError, KeyError) as err:
-        raise ValueError(f"{policy_path} does not fit the observations of {env_name}: {err}") from err
-
-
 EnvFactory = Callable[[int], RLEnv]
 
 
@@ -337,7 +325,14 @@ def train_rl(config: RLConfig, make_env: EnvFactory) -> dict[str, Any]:
         learner = make_learner(run)
         eval_seeds = [derived_seed(config.eval_seed, "eval", i) for i in range(config.eval_episodes)]
         first_obs = env.reset_episodes(group_seeds(config.seed, 0, config.num_envs, config.group_size))
-        check_env_fits(run.policy, env, first_obs, config.env, config.policy)
+        check_policy_fits_env(
+            run.policy.observation_spec,
+            run.policy.config.action_dim,
+            env.spec,
+            first_obs,
+            config.env,
+            str(config.policy),
+        )
         try:
             summary = _loop(run, env, learner, out, eval_seeds, history)
         except FloatingPointError as err:
