@@ -282,6 +282,37 @@ def test_nccl_learners_without_cuda_are_refused():
         learner_backend("mpi")
 
 
+def test_rl_sweep_runs_each_combination_and_reevaluates_best_on_held_out_seeds(tmp_path, lift_sft, capsys):
+    from vla.bench.rl_sweep import BenchRLSweepConfig, run_bench_rl_sweep
+
+    config = BenchRLSweepConfig(
+        policy=lift_sft,
+        combos=("flow-sde:ppo", "flow-sde:grpo"),
+        iterations=1,
+        num_envs=2,
+        group_size=2,
+        max_episode_steps=8,
+        eval_episodes=2,
+        eval_every=0,
+        holdout_episodes=2,
+        vectorization="sync",
+        out=tmp_path / "sweep",
+    )
+    rows = run_bench_rl_sweep(config)
+    assert [r["run"] for r in rows] == ["flow-sde_ppo", "flow-sde_grpo"]
+    for r in rows:
+        assert r["iterations"] == 1 and r["env_steps"] > 0
+        assert 0 <= r["holdout_start"] <= 1 and 0 <= r["holdout_best"] <= 1
+    assert rows[0]["holdout_start"] == rows[1]["holdout_start"]  # one start, the same held-out seeds
+    assert "| flow-sde_grpo |" in capsys.readouterr().out and (tmp_path / "sweep" / "sweep.png").exists()
+    metrics = tmp_path / "sweep" / "flow-sde_ppo" / "metrics.jsonl"
+    stamp = metrics.stat().st_mtime_ns
+    assert run_bench_rl_sweep(config) == rows  # finished runs are kept, not rerun
+    assert metrics.stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="exploration:optimizer"):
+        run_bench_rl_sweep(BenchRLSweepConfig(policy=lift_sft, combos=("flow-sde",), out=tmp_path / "x"))
+
+
 def test_bench_rl_times_rl_and_raw_stepping_of_the_same_envs(lift_sft, capsys):
     from vla.bench.rl_throughput import BenchRLConfig, run_bench_rl
 

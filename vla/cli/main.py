@@ -204,6 +204,7 @@ VERBS.add("dataset", Verb("inspect and convert datasets", _configure_dataset, _r
 def _bench_suites() -> dict[str, tuple[type, Callable, str]]:
     from sim.bench import BenchExpertsConfig, BenchSimConfig, run_bench_experts, run_bench_sim
     from vla.bench.policy_latency import BenchPolicyConfig, run_bench_policy
+    from vla.bench.rl_sweep import BenchRLSweepConfig, run_bench_rl_sweep
     from vla.bench.rl_throughput import BenchRLConfig, run_bench_rl
     from vla.bench.serve_load import BenchServeConfig, run_bench_serve
     from vla.bench.thread_contention import BenchThreadsConfig, run_bench_threads
@@ -216,6 +217,11 @@ def _bench_suites() -> dict[str, tuple[type, Callable, str]]:
         "train": (BenchTrainConfig, run_bench_train, "training samples/s of vla train vs lerobot-train"),
         "serve": (BenchServeConfig, run_bench_serve, "vla serve latency, 1 vs many clients, batching on and off"),
         "rl": (BenchRLConfig, run_bench_rl, "RL env steps/s vs raw stepping of the same envs, learner share"),
+        "rl-sweep": (
+            BenchRLSweepConfig,
+            run_bench_rl_sweep,
+            "exploration x optimizer RL runs side by side, with held-out re-evaluation of each best",
+        ),
         "threads": (
             BenchThreadsConfig,
             run_bench_threads,
