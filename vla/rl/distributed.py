@@ -182,13 +182,12 @@ class _Learner:
     """The body of one learner actor: a replica of the run's policy, exploration, critic and
     optimizer, in a torch.distributed process group with the other learners."""
 
-    def __init__(self, config, rank: int, world_size: int, threads: int):
-        from vla.rl.trainer import RLRun
+    def __init__(self, run_class: type, config, rank: int, world_size: int, threads: int):
         from vla.threads import set_thread_budget
 
         set_thread_budget("learner", threads)
         self.rank, self.world_size = rank, world_size
-        self.run = RLRun(config)
+        self.run = run_class(config)  # the driver's RLRun class (passed, not imported: no cycle)
         self.sync = TorchDistributedSync(rank, world_size)
 
     def endpoint(self) -> tuple[str, int]:
@@ -259,7 +258,9 @@ class DataParallelLearner:
         threads = max(1, thread_budget("learner") // world_size)
         actor = ray.remote(_Learner).options(**options)
         self._ray = ray
-        self.workers: list[Any] = [actor.remote(run.config, rank, world_size, threads) for rank in range(world_size)]
+        self.workers: list[Any] = [
+            actor.remote(type(run), run.config, rank, world_size, threads) for rank in range(world_size)
+        ]
         address_0, port = ray.get(self.workers[0].endpoint.remote())
         state = run.state_dicts()
         ray.get([w.join.remote(address_0, port, backend, state) for w in self.workers])
