@@ -292,6 +292,7 @@ class SubprocVectorEnv(VectorEnv):
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()  # kill is asynchronous: reap it, so close() returns with no worker left
         self.conns, self.procs = [], []
 
     def __del__(self):
