@@ -356,7 +356,9 @@ def _loop(run: RLRun, env: RLEnv, learner, out: Path, eval_seeds: list[int], his
         history.append(record)
         evals.append(record)
         log.info("before RL: success %.1f%% over %d fixed-seed episodes", 100 * before["success_once"], len(eval_seeds))
-    bar = tqdm(total=config.iterations, initial=run.iteration, desc=f"rl {config.env}", unit="it")
+    # with a wall-time budget the iteration cap is only a bound: no total (and no absurd ETA)
+    total = None if config.max_wall_minutes is not None else config.iterations
+    bar = tqdm(total=total, initial=run.iteration, desc=f"rl {config.env}", unit="it")
     while run.iteration < config.iterations:
         start = time.perf_counter()
         it = run.iteration
@@ -424,6 +426,7 @@ def _loop(run: RLRun, env: RLEnv, learner, out: Path, eval_seeds: list[int], his
             success=f"{record['success_once']:.2f}",
             kl=f"{metrics.get('approx_kl', 0.0):.4f}",
             sps=f"{record['env_steps_per_s']:.0f}",
+            minutes=f"{run.wall_seconds / 60:.1f}",
         )
         log.debug("iteration %s", json.dumps(record))
         if out_of_time:
