@@ -28,6 +28,7 @@ import numpy as np
 
 from sim.core import EnvConfig, EnvSpec, EpisodeRunner, validate_actions
 from vla import keys
+from vla.rl.distributed import split_evenly
 from vla.threads import cpu_count, thread_budget
 
 
@@ -221,9 +222,7 @@ class SubprocVectorEnv(VectorEnv):
         workers = default_workers(self.num_envs) if workers is None else workers
         if not 1 <= workers <= self.num_envs:
             raise ValueError(f"workers must be in [1, num_envs={self.num_envs}], got {workers}")
-        base, extra = divmod(self.num_envs, workers)
-        sizes = [base + (1 if w < extra else 0) for w in range(workers)]
-        self.groups = [list(range(sum(sizes[:w]), sum(sizes[: w + 1]))) for w in range(workers)]
+        self.groups = split_evenly(range(self.num_envs), workers)
         self.conns: list[Connection] = []
         self.procs: list[subprocess.Popen] = []
         for group in self.groups:

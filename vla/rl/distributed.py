@@ -47,6 +47,17 @@ def merge_batches(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+def close_actors(actors: Sequence[Any]) -> None:
+    """Let each actor close what it holds, then end it (even when its close fails)."""
+    import ray
+
+    for actor in actors:
+        try:
+            ray.get(actor.close.remote())
+        finally:
+            ray.kill(actor)
+
+
 class _EnvWorker:
     """The body of a Ray actor: a batch of environments built on the actor's node."""
 
@@ -96,11 +107,7 @@ class RayVectorEnv:
         return obs, reward, terminated, truncated, info
 
     def close(self) -> None:
-        for worker in self._workers:
-            try:
-                self._ray.get(worker.close.remote())
-            finally:
-                self._ray.kill(worker)
+        close_actors(self._workers)
         self._workers = []
 
 
@@ -275,9 +282,5 @@ class DataParallelLearner:
         return metrics
 
     def close(self) -> None:
-        for worker in self.workers:
-            try:
-                self._ray.get(worker.close.remote())
-            finally:
-                self._ray.kill(worker)
+        close_actors(self.workers)
         self.workers = []
