@@ -8,6 +8,6 @@ obs, reward, terminated, truncated, info = env.step(actions)  # (B, A) or (B, H,
 
 from sim.core import EnvConfig, EnvSpec, SingleEnv
 from sim.make import make_env
-from sim.registry import SUITES, list_envs
+from sim.registry import SUITES, group_members, list_envs
 
-__all__ = ["SUITES", "EnvConfig", "EnvSpec", "SingleEnv", "list_envs", "make_env"]
+__all__ = ["SUITES", "EnvConfig", "EnvSpec", "SingleEnv", "group_members", "list_envs", "make_env"]

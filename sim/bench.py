@@ -147,6 +147,7 @@ def format_row(row: dict, workers: list[int]) -> str:
 DEFAULT_EXPERT_ENVS = (
     "robomimic/Lift",
     "robomimic/PickPlaceCan",
+    "robomimic/NutAssemblySquare",
     "maniskill/PickCube-v1",
     "maniskill/PushCube-v1",
     "maniskill/StackCube-v1",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -160,6 +160,31 @@ class _TerminateAsInterrupt:
 
 
 def collect(config: CollectConfig) -> CollectResult:
+    """Record ``config.episodes`` demonstrations of one task, or of every task of a task group
+    ("metaworld/MT10": that many per task, each with its instruction) into one dataset."""
+    from sim.registry import group_members
+
+    members = group_members(config.env)
+    if members is None:
+        return _collect_task(config)
+    from sim.experts import make_expert
+
+    for member in members:
+        make_expert(member)  # a member without an expert fails before any simulator starts
+    out = config.output_dir()
+    total = CollectResult(out=out)
+    for member in members:
+        part = _collect_task(replace(config, env=member, out=out))
+        for name in ("written", "attempted", "successes", "frames", "seconds"):
+            setattr(total, name, getattr(total, name) + getattr(part, name))
+        total.episode_lengths += part.episode_lengths
+        if part.interrupted:
+            total.interrupted = True
+            break
+    return total
+
+
+def _collect_task(config: CollectConfig) -> CollectResult:
     from sim import make_env
     from sim.experts import make_expert
     from sim.registry import split_name

@@ -92,3 +92,15 @@ def build_single_env(config: EnvConfig) -> SingleEnv:
 def list_envs(suite: str | None = None) -> list[str]:
     names = [suite] if suite else SUITES.names()
     return [f"{s}/{t}" for s in names for t in SUITES.get(s).tasks()]
+
+
+def group_members(name: str) -> list[str] | None:
+    """The tasks of a task group ("metaworld/MT10", "libero/libero_object") as full env names,
+    or None when ``name`` is not a group (a single task, or unknown: ``split_name`` reports it)."""
+    suite_name, sep, group = name.partition("/")
+    if not sep or suite_name not in SUITES:
+        return None
+    groups = SUITES.get(suite_name).task_groups()
+    if group not in groups:
+        return None
+    return [f"{suite_name}/{task}" for task in groups[group]]

@@ -196,6 +196,21 @@ def test_meanflow_jvp_matches_central_finite_difference():
     torch.testing.assert_close(info["u_tgt"], expected_tgt, rtol=1e-6, atol=1e-8)
 
 
+def test_meanflow_central_difference_matches_the_jvp_in_target_and_gradient():
+    """The cheaper du/dt gives the same target (to O(eps^2)) and so the same parameter gradient."""
+    a, e, t, r = meanflow_batch()
+    u_fn, params = make_mlp(6)
+    grads, infos = {}, {}
+    for method in ("jvp", "central_difference"):
+        loss, infos[method] = meanflow_loss(u_fn, a, e, t, r, dudt=method)
+        grads[method] = torch.autograd.grad(loss.mean(), params)
+    torch.testing.assert_close(infos["central_difference"]["dudt"], infos["jvp"]["dudt"], rtol=1e-4, atol=1e-5)
+    for g_cd, g_jvp in zip(grads["central_difference"], grads["jvp"], strict=True):
+        torch.testing.assert_close(g_cd, g_jvp, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="available: jvp, central_difference"):
+        meanflow_loss(u_fn, a, e, t, r, dudt="finite")
+
+
 def test_meanflow_loss_is_zero_for_the_exact_average_velocity():
     # One data point a_i per sample (think: per observation). Along x_t = t e + (1 - t) a the
     # average velocity over any [r, t] is e - a; written as a function of (z, t) it is (z - a) / t,

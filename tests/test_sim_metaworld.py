@@ -85,6 +85,8 @@ def test_scripted_pick_place_succeeds():
         for _ in range(env.spec.max_episode_steps):
             actions = env.expert_actions()
             assert actions.shape == (1, 4) and actions.dtype == np.float32
+            # labels are what the env executes: inside its action space, never the saturated gains
+            assert np.all(np.abs(actions) <= 1.0)
             _, _, terminated, truncated, info = env.step(actions)
             if info["episode"][0] is not None:
                 break

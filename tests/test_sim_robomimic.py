@@ -54,6 +54,39 @@ def test_scripted_expert_succeeds(task):
     assert rate >= 0.9, f"{task} expert success {rate:.2f} over {len(episodes)} episodes"
 
 
+def test_square_expert_fits_the_nut_on_the_peg():
+    """The nut's yaw varies per episode: grasped by its handle, turned square to the peg, lowered over it."""
+    episodes_wanted = scale(3, 20)
+    env = make_env("robomimic/NutAssemblySquare", num_envs=1, obs_mode="state", seed=0, vectorization="sync")
+    episodes = []
+    try:
+        env.reset()
+        while len(episodes) < episodes_wanted:
+            *_, info = env.step(env.expert_actions())
+            episodes += [e for e in info["episode"] if e]
+    finally:
+        env.close()
+    rate = np.mean([e["success"] for e in episodes])
+    assert rate >= 0.9, f"NutAssemblySquare expert success {rate:.2f} over {len(episodes)} episodes: {episodes}"
+
+
+def test_square_expert_turns_grasp_the_handle_and_keep_the_wrist_off_its_limits():
+    from sim.experts.robomimic import WRIST_LIMIT, WRIST_MARGIN, NutAssemblySquareExpert, wrap
+
+    for nut_yaw in np.linspace(-np.pi, np.pi, 73):
+        # the arm starts with the fingers closing along -y (+-6 degrees) and the wrist near 0.8 rad
+        for finger_yaw in (-np.pi / 2 - 0.1, -np.pi / 2, -np.pi / 2 + 0.1):
+            for wrist in (0.6, 0.8, 1.0):
+                turn, square_turn = NutAssemblySquareExpert.turns(nut_yaw, finger_yaw, wrist)
+                # the fingers close across the handle (along the nut's y axis, modulo pi)
+                assert abs(wrap(finger_yaw + turn - nut_yaw - np.pi / 2, np.pi)) < 1e-9
+                # squared on the peg, the handle points along -x, +y or -y (never +x: out of reach)
+                heading = wrap(nut_yaw + square_turn)
+                assert min(abs(wrap(heading - h)) for h in (np.pi, np.pi / 2, -np.pi / 2)) < 1e-9
+                assert max(abs(wrist - turn), abs(wrist - turn - square_turn)) <= WRIST_LIMIT - WRIST_MARGIN
+                assert abs(turn) + abs(square_turn) <= np.pi + 1e-9
+
+
 def test_joint_target_controller_reaches_absolute_targets_and_lists_controllers():
     env = make_env(
         "robomimic/Lift",

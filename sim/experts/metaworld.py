@@ -36,7 +36,11 @@ class MetaWorldExpert:
         obs = env.last_raw_obs
         if obs is None:
             raise RuntimeError("reset the env before asking the Meta-World expert for an action")
-        return np.asarray(self.policy.get_action(obs), dtype=np.float32)
+        # The policies' P gains saturate far beyond the action space (up to +-12 on reach), and the
+        # env clips. Record what the env executes: unclipped labels stretched a min-max normalized
+        # action range ten-fold, and an MT10 policy trained on them reached 0/50 on reach-v3.
+        space = env.raw.action_space
+        return np.clip(self.policy.get_action(obs), space.low, space.high).astype(np.float32)
 
 
 EXPERTS = {"*": MetaWorldExpert}

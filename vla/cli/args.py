@@ -100,12 +100,28 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, config_cls: type, p
             parser.add_argument(flag, type=tp, **common)
 
 
-def config_from_args(config_cls: type, args: argparse.Namespace, prefix: str = ""):
-    """The config a verb runs with: dataclass defaults < ``--config`` JSON < flags given on the command line."""
+def config_from_args(
+    config_cls: type, args: argparse.Namespace, prefix: str = "", base: Mapping[str, Any] | None = None
+):
+    """The config a verb runs with: dataclass defaults < ``base`` (e.g. a recipe) < ``--config`` JSON
+    < flags given on the command line."""
     path = getattr(args, CONFIG_DEST, None) if not prefix else None
     data = load_json_object(path) if path else {}
+    if base:
+        data = deep_merge(base, data)
     overrides = _overrides(config_cls, data, args, prefix, source=str(path) if path else "config")
     return config_cls(**overrides)
+
+
+def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``top``'s values on top; nested objects are merged key by key, not replaced."""
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def config_from_dict(config_cls: type, data: Mapping[str, Any], source: str = "config"):

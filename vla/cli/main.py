@@ -204,10 +204,12 @@ VERBS.add("dataset", Verb("inspect and convert datasets", _configure_dataset, _r
 def _bench_suites() -> dict[str, tuple[type, Callable, str]]:
     from sim.bench import BenchExpertsConfig, BenchSimConfig, run_bench_experts, run_bench_sim
     from vla.bench.policy_latency import BenchPolicyConfig, run_bench_policy
+    from vla.bench.recipes import BenchRecipesConfig, run_bench_recipes
     from vla.bench.rl_sweep import BenchRLSweepConfig, run_bench_rl_sweep
     from vla.bench.rl_throughput import BenchRLConfig, run_bench_rl
     from vla.bench.serve_load import BenchServeConfig, run_bench_serve
     from vla.bench.thread_contention import BenchThreadsConfig, run_bench_threads
+    from vla.bench.train_profile import BenchTrainProfileConfig, run_bench_train_profile
     from vla.bench.train_throughput import BenchTrainConfig, run_bench_train
 
     return {
@@ -215,12 +217,22 @@ def _bench_suites() -> dict[str, tuple[type, Callable, str]]:
         "experts": (BenchExpertsConfig, run_bench_experts, "success rate of each scripted expert"),
         "policy": (BenchPolicyConfig, run_bench_policy, "inference latency per chunk vs NFE and LeRobot peers"),
         "train": (BenchTrainConfig, run_bench_train, "training samples/s of vla train vs lerobot-train"),
+        "train-profile": (
+            BenchTrainProfileConfig,
+            run_bench_train_profile,
+            "where a training step goes (data, encoder, head/JVP, backward, optimizer, EMA) per recipe, head, threads",
+        ),
         "serve": (BenchServeConfig, run_bench_serve, "vla serve latency, 1 vs many clients, batching on and off"),
         "rl": (BenchRLConfig, run_bench_rl, "RL env steps/s vs raw stepping of the same envs, learner share"),
         "rl-sweep": (
             BenchRLSweepConfig,
             run_bench_rl_sweep,
             "exploration x optimizer RL runs side by side, with held-out re-evaluation of each best",
+        ),
+        "recipes": (
+            BenchRecipesConfig,
+            run_bench_recipes,
+            "tasks x training recipes: collect, train, evaluate 100 unseen episodes, wall time per stage",
         ),
         "threads": (
             BenchThreadsConfig,
@@ -241,7 +253,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     config_cls, run, _ = _bench_suites()[args.bench_verb]
     config = config_from_args(config_cls, args)
     rows = run(config)
-    if config.out:
+    if config.out and not Path(config.out).is_dir():  # a bench whose --out is a directory writes its own files
         Path(config.out).write_text(json.dumps(rows, indent=2, default=str))
     return 0
 
@@ -250,10 +262,21 @@ VERBS.add("bench", Verb("benchmarks that print side-by-side ratios", _configure_
 
 
 # --------------------------------------------------------------------------- train / eval
+def train_config_from_args(args: argparse.Namespace):
+    """`vla train`'s config: defaults < the named --recipe (features from the dataset) < --config < flags."""
+    from vla.training.recipes import recipe_overrides
+    from vla.training.trainer import TrainConfig
+
+    config = verb_config(args)
+    if not config.recipe:
+        return config
+    return config_from_args(TrainConfig, args, base=recipe_overrides(config.recipe, config.dataset))
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from vla.training.trainer import train
 
-    checkpoint = train(verb_config(args))
+    checkpoint = train(train_config_from_args(args))
     print(f"checkpoint: {checkpoint}")
     return 0
 

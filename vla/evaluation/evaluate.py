@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -97,6 +97,73 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 
 def evaluate(config: EvalConfig) -> dict:
+    """Roll the policy out on ``config.env``; a task group ("metaworld/MT10", a LIBERO suite)
+    runs ``episodes`` on each of its tasks and reports success per task and averaged."""
+    from sim import group_members
+
+    members = group_members(config.env)
+    if members is not None:
+        return _evaluate_group(config, members)
+    return _evaluate_task(config)
+
+
+def _evaluate_group(config: EvalConfig, members: list[str]) -> dict:
+    """Each task in ``out/<suite>_<task>/``; ``out/results.json`` has the per-task rows, the
+    mean over tasks and a pooled Wilson interval, and ``out/per_task.png`` a bar per task."""
+    out = Path(config.out)
+    per_task = {}
+    for member in members:
+        results = _evaluate_task(replace(config, env=member, out=out / member.replace("/", "_")))
+        per_task[member] = {k: results[k] for k in ("episodes", "success_rate", "success_ci95", "mean_length")}
+    successes = sum(round(r["success_rate"] * r["episodes"]) for r in per_task.values())
+    n = sum(r["episodes"] for r in per_task.values())
+    summary = {
+        "env": config.env,
+        "policy": str(config.policy),
+        "head": results["head"],
+        "nfe": results["nfe"],
+        "tasks": len(members),
+        "episodes": n,
+        "success_rate": float(np.mean([r["success_rate"] for r in per_task.values()])),
+        "success_ci95": list(wilson_interval(successes, n)),
+        "mean_return": None,
+        "latency_ms_per_chunk_call": results["latency_ms_per_chunk_call"],
+        "per_task": per_task,
+        "config": {k: str(v) for k, v in asdict(config).items()},
+    }
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    _plot_per_task(summary, out / "per_task.png")
+    log.info("%s: mean success over %d tasks %.0f%%", config.env, len(members), 100 * summary["success_rate"])
+    return summary
+
+
+def _plot_per_task(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summary["per_task"]
+    names = [t.split("/", 1)[1] for t in rows]
+    rates = [100 * r["success_rate"] for r in rows.values()]
+    low = [100 * (r["success_rate"] - r["success_ci95"][0]) for r in rows.values()]
+    high = [100 * (r["success_ci95"][1] - r["success_rate"]) for r in rows.values()]
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(names)), 4))
+    ax.bar(range(len(names)), rates, yerr=[low, high], capsize=3, color="tab:blue")
+    ax.axhline(
+        100 * summary["success_rate"], color="k", ls="--", lw=1, label=f"mean {100 * summary['success_rate']:.0f}%"
+    )
+    ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
+    ax.set_ylabel("success (%), 95% interval")
+    ax.set_ylim(0, 105)
+    ax.set_title(f"{summary['env']}: {summary['episodes'] // max(len(names), 1)} episodes per task")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _evaluate_task(config: EvalConfig) -> dict:
     from sim import make_env
     from vla.policies.checkpoint import load_policy
 

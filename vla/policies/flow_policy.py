@@ -14,6 +14,7 @@ space; ``predict_action_chunk`` returns robot units.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -183,13 +184,20 @@ class FlowPolicy(nn.Module):
         if not torch.isfinite(actions).all():
             raise ValueError("action batch contains NaN or inf")
         target = self.action_norm(actions)
+        started = time.perf_counter()
         prefix = self.encode_observation(inputs, augment=self.training)
+        encoded = time.perf_counter()
         noise = torch.randn(target.shape, generator=generator).to(target)
         cfg = self.config
         head_loss = self.action_head.loss(lambda x, r, t: self.expert(prefix, x, r, t)[0], target, noise, generator)
         per_sample, t, r = head_loss.per_sample, head_loss.t, head_loss.r
         loss = per_sample.mean()
-        metrics = {"loss/action": float(loss.detach())}
+        # where the forward pass goes (CPU eager: wall time is compute time); the trainer adds the rest
+        metrics = {
+            "loss/action": float(loss.detach()),
+            "time/encode_ms": 1e3 * (encoded - started),
+            "time/head_ms": 1e3 * (time.perf_counter() - encoded),
+        }
         if cfg.dispersive_weight > 0:
             t_view = t.view(-1, 1, 1)
             x_t = t_view * noise + (1 - t_view) * target

@@ -81,6 +81,7 @@ class MeanFlowHead:
     sigma: float = 1.0
     adaptive_p: float = 0.0
     clamp: float | None = None
+    dudt: str = "jvp"
     default_inference_steps: int = 1
 
     def loss(self, expert: ExpertFn, target: Tensor, noise: Tensor, generator: torch.Generator | None) -> HeadLoss:
@@ -88,7 +89,7 @@ class MeanFlowHead:
             target.shape[0], flow_ratio=self.flow_ratio, mu=self.mu, sigma=self.sigma, generator=generator
         )
         t, r = t.to(target), r.to(target)
-        per_sample, _ = meanflow_loss(expert, target, noise, t, r, adaptive_p=self.adaptive_p)
+        per_sample, _ = meanflow_loss(expert, target, noise, t, r, adaptive_p=self.adaptive_p, dudt=self.dudt)
         return HeadLoss(per_sample, t, r)
 
     def average_velocity(self, expert: ExpertFn) -> ExpertFn:
@@ -112,5 +113,6 @@ ACTION_HEADS.add(
         sigma=c.meanflow_sigma,
         adaptive_p=c.meanflow_adaptive_p,
         clamp=c.meanflow_clamp,
+        dudt=c.meanflow_dudt,
     ),
 )
