@@ -218,7 +218,7 @@ fi
 # (numpy < 2; used only by humanoid whole-body IK examples), pynput, qpsolvers and pytest,
 # none of which the RoboMimic tasks import; the packages it does import are listed instead.
 # mujoco 3.3.0 is the lowest robosuite 1.5.2 accepts and the one the main venv runs.
-SIDECAR_PINS="robosuite==1.5.2 mujoco==3.3.0 numpy==2.2.6 scipy==1.18.1 numba==0.68.1 termcolor==3.3.0 Pillow==13.0.0 opencv-python-headless==5.0.0.93"
+SIDECAR_PINS="robosuite==1.5.2 mujoco==3.3.0 numpy==2.2.6 scipy==1.18.1 numba==0.68.1 termcolor==3.3.0 Pillow==13.0.0 opencv-python-headless==5.0.0.93 fast-simplification==0.2.0"
 SIDECAR="$CACHE_DIR/robosuite15"
 if [ "$(cat "$SIDECAR/.pins" 2>/dev/null)" != "$SIDECAR_PINS" ]; then
     log "building the robosuite 1.5 sidecar environment in $SIDECAR (about a minute)"

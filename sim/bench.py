@@ -2,7 +2,10 @@
 
 For each backend: (1) the simulator's own ``step`` on the very object our adapter wraps
 (``SingleEnv.raw_step``), (2) the full batched API ``make_env(num_envs=1).step``, the two
-alternating step by step on the same simulator so machine noise hits both alike; then (3) subprocess vector envs at 1..N workers for scaling.
+alternating step by step on the same simulator so machine noise hits both alike; then (3)
+subprocess vector envs at 1..N workers for scaling. With ``--obs-mode rgb`` each MuJoCo suite
+runs once per ``--render-qualities`` (sim/rendering.py: MuJoCo's default look and the fast
+one), with the milliseconds per camera frame beside the steps/s.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+
+from sim.rendering import render_quality
 
 DEFAULT_BENCH_ENVS = (
     "maniskill/PickCube-v1",
@@ -29,6 +34,10 @@ class BenchSimConfig:
     rounds: int = field(default=10, metadata={"help": "episodes"})
     obs_mode: Literal["state", "rgb"] = field(default="state", metadata={"help": "state or rgb"})
     image_size: int = field(default=84, metadata={"help": "camera images are image_size x image_size (rgb)"})
+    render_qualities: tuple[str, ...] = field(
+        default=("default", "fast"),
+        metadata={"help": "rgb: the camera looks to compare on the MuJoCo suites (sim/rendering.py)"},
+    )
     max_workers: int = field(default=0, metadata={"help": "subprocess scaling up to this many workers (0: cores)"})
     scaling_steps: int = field(default=200, metadata={"help": "batched steps per scaling measurement"})
     seed: int = field(default=0, metadata={"help": "base seed: episode k of env i is seeded from (seed, i, k)"})
@@ -42,7 +51,7 @@ def _random_actions(spec, count: int, seed: int) -> np.ndarray:
     return rng.uniform(low, high, size=(count, spec.action_dim)).astype(np.float32)
 
 
-def measure_raw_vs_wrapper(name: str, config: BenchSimConfig) -> dict:
+def measure_raw_vs_wrapper(name: str, config: BenchSimConfig, render_quality: str = "fast") -> dict:
     """Step the same simulator alternately through its own API and through ours.
 
     Each action is applied once with ``raw_step`` and once with ``env.step``, timed
@@ -60,6 +69,7 @@ def measure_raw_vs_wrapper(name: str, config: BenchSimConfig) -> dict:
         vectorization="sync",
         terminate_on_success=False,
         max_episode_steps=2 * config.steps + 1,
+        render_quality=render_quality,
     )
     single = env.workers[0].runner.env
     actions = _random_actions(env.spec, config.steps, config.seed)
@@ -79,13 +89,33 @@ def measure_raw_vs_wrapper(name: str, config: BenchSimConfig) -> dict:
             t2 = clock()
             raw_time += t1 - t0
             wrapped_time += t2 - t1
+    frame_ms = _camera_frame_ms(single, config.steps) if env.spec.cameras else None
     env.close()
     total = config.steps * config.rounds
     raw, wrapped = total / raw_time, total / wrapped_time
-    return {"env": name, "raw_steps_per_s": raw, "wrapper_steps_per_s": wrapped, "ratio": wrapped / raw}
+    return {
+        "env": name,
+        "render_quality": env.spec.render_quality,
+        "raw_steps_per_s": raw,
+        "wrapper_steps_per_s": wrapped,
+        "ratio": wrapped / raw,
+        "ms_per_camera_frame": frame_ms,
+    }
 
 
-def measure_scaling(name: str, config: BenchSimConfig, workers: list[int]) -> dict[int, float]:
+def _camera_frame_ms(single, frames: int) -> float:
+    """Milliseconds to render one observation camera image, alone (``render``)."""
+    cameras = single.spec.cameras
+    single.render(cameras[0])
+    start = time.perf_counter()
+    for i in range(frames):
+        single.render(cameras[i % len(cameras)])
+    return 1e3 * (time.perf_counter() - start) / frames
+
+
+def measure_scaling(
+    name: str, config: BenchSimConfig, workers: list[int], render_quality: str = "fast"
+) -> dict[int, float]:
     from sim import make_env
 
     rates = {}
@@ -99,6 +129,7 @@ def measure_scaling(name: str, config: BenchSimConfig, workers: list[int]) -> di
             vectorization="subprocess",
             terminate_on_success=False,
             max_episode_steps=100,
+            render_quality=render_quality,
         )
         actions = _random_actions(env.spec, config.scaling_steps * n, config.seed).reshape(config.scaling_steps, n, -1)
         env.reset()
@@ -122,25 +153,43 @@ def run_bench_sim(config: BenchSimConfig) -> list[dict]:
         f"subprocess columns: total env steps/s with N workers ({os.cpu_count()} cores)"
     )
     print(table_header(workers), flush=True)
+    qualities = tuple(dict.fromkeys(config.render_qualities)) if config.obs_mode == "rgb" else ("fast",)
+    for quality in qualities:
+        render_quality(quality)  # an unknown name fails before any simulator starts
     for name in config.envs:
-        row = measure_raw_vs_wrapper(name, config)
-        row["subprocess_steps_per_s"] = measure_scaling(name, config, workers)
-        rows.append(row)
-        print(format_row(row, workers), flush=True)
+        for quality in qualities:
+            row = measure_raw_vs_wrapper(name, config, quality)
+            row["subprocess_steps_per_s"] = measure_scaling(name, config, workers, quality)
+            rows.append(row)
+            print(format_row(row, workers), flush=True)
+            if row["render_quality"] is None:  # the suite has one look (ManiSkill): measured once
+                break
+        speedup = _speedup(rows, name, qualities)
+        if speedup is not None:
+            print(f"|   {name}: {qualities[-1]} / {qualities[0]} = {speedup:.1f}x raw steps/s | | | | | |", flush=True)
     return rows
+
+
+def _speedup(rows: list[dict], name: str, qualities: tuple[str, ...]) -> float | None:
+    by_quality = {r["render_quality"]: r for r in rows if r["env"] == name}
+    if len(qualities) < 2 or not all(q in by_quality for q in (qualities[0], qualities[-1])):
+        return None
+    return by_quality[qualities[-1]]["raw_steps_per_s"] / by_quality[qualities[0]]["raw_steps_per_s"]
 
 
 def table_header(workers: list[int]) -> str:
     scaling = " | ".join(f"{n} proc" for n in workers)
-    line = "|" + "---|" * (5 + len(workers))
-    return f"| env | raw steps/s | wrapper steps/s | wrapper/raw | overhead | {scaling} |\n{line}"
+    line = "|" + "---|" * (7 + len(workers))
+    return f"| env | render | raw steps/s | wrapper steps/s | wrapper/raw | overhead | ms/camera frame | {scaling} |\n{line}"
 
 
 def format_row(row: dict, workers: list[int]) -> str:
     scaling = " | ".join(f"{row['subprocess_steps_per_s'][n]:.0f}" for n in workers)
+    frame = row.get("ms_per_camera_frame")
     return (
-        f"| {row['env']} | {row['raw_steps_per_s']:.0f} | {row['wrapper_steps_per_s']:.0f} | "
-        f"{row['ratio']:.3f} | {100 * (1 - row['ratio']):.1f}% | {scaling} |"
+        f"| {row['env']} | {row.get('render_quality') or '-'} | {row['raw_steps_per_s']:.0f} | "
+        f"{row['wrapper_steps_per_s']:.0f} | {row['ratio']:.3f} | {100 * (1 - row['ratio']):.1f}% | "
+        f"{'-' if frame is None else f'{frame:.1f}'} | {scaling} |"
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from tqdm import tqdm
 
+from sim.rendering import DEFAULT_RENDER_QUALITY
 from vla import keys
 from vla.datasets.lerobot_io import EpisodeWriter, check_dataset_dir, features_from_spec, make_frame
 from vla.registry import Registry
@@ -33,6 +34,13 @@ class CollectConfig:
     obs_mode: Literal["rgb", "state"] = field(default="rgb", metadata={"help": "rgb (cameras + state) or state"})
     image_size: int = field(default=84, metadata={"help": "camera images are image_size x image_size"})
     cameras: tuple[str, ...] | None = field(default=None, metadata={"help": "camera roles; default: all of the task's"})
+    render_quality: str = field(
+        default=DEFAULT_RENDER_QUALITY,
+        metadata={
+            "help": "camera look of the MuJoCo suites: fast, or default (MuJoCo's own, ~15x slower); "
+            "stored with the dataset (docs/rendering.md)"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "base seed: episode k of env i is seeded from (seed, i, k)"})
     keep_failures: bool = field(default=False, metadata={"help": "also keep episodes the expert failed"})
     max_attempts: int | None = field(default=None, metadata={"help": "give up after this many episodes"})
@@ -213,6 +221,7 @@ def _collect_task(config: CollectConfig) -> CollectResult:
             seed=config.seed,
             max_episode_steps=config.max_episode_steps,
             vectorization=config.vectorization,
+            render_quality=config.render_quality,
         )
         writer = None
         try:
@@ -222,7 +231,15 @@ def _collect_task(config: CollectConfig) -> CollectResult:
                 spec.state_dim, action_dim, spec.env_state_dim, spec.cameras, spec.image_size, config.video
             )
             perturb = _perturbation(config, noise_dims, spec)
-            writer = EpisodeWriter(out, fps=spec.fps, features=features, robot_type=spec.robot, use_videos=config.video)
+            recording = {"env": config.env, "render_quality": spec.render_quality if spec.cameras else None}
+            writer = EpisodeWriter(
+                out,
+                fps=spec.fps,
+                features=features,
+                robot_type=spec.robot,
+                use_videos=config.video,
+                recording=recording,
+            )
             buffers: list[list[dict]] = [[] for _ in range(env.num_envs)]
             obs = env.reset()
             bar = tqdm(total=config.episodes, desc=f"collect {config.env}", unit="ep")

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from sim.rendering import DEFAULT_RENDER_QUALITY
 from vla import keys
 from vla.seeding import derived_seed
 
@@ -39,6 +40,7 @@ class EnvSpec:
     action_low: tuple[float, ...] = ()
     action_high: tuple[float, ...] = ()
     robot: str = "panda"
+    render_quality: str | None = None  # the camera look (sim/rendering.py); None: the suite has no such choice
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -62,6 +64,7 @@ class EnvConfig:
     max_episode_steps: int | None = None  # None: the suite's default horizon
     terminate_on_success: bool = True
     options: dict[str, Any] = field(default_factory=dict)  # suite-specific extras
+    render_quality: str = DEFAULT_RENDER_QUALITY  # MuJoCo suites' camera look (sim/rendering.py)
 
 
 class SingleEnv(abc.ABC):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.core import EnvConfig, episode_seed
+from sim.rendering import DEFAULT_RENDER_QUALITY
 from sim.robomimic import JOINT_TARGET_KP
 
 FINGER_OPEN_WIDTH = 0.08  # m, Franka Hand maximum width
@@ -30,6 +31,7 @@ class SimFrankaConfig:
     task: str = "robomimic/Lift"
     control_hz: float = 100.0  # arm controller rate (the real JTC runs at 1 kHz; this is its sampled version)
     image_size: int = 84
+    render_quality: str = DEFAULT_RENDER_QUALITY  # the camera look (sim/rendering.py)
     cameras: tuple[str, ...] = ("scene", "wrist")
     seed: int = 0  # base seed: episode i starts from episode_seed(seed, 0, i), as in `vla eval`
     joint_kp: float = JOINT_TARGET_KP
@@ -113,6 +115,7 @@ class SimulatedFranka:
                 obs_mode="state",  # cameras are rendered on demand at the camera rate
                 image_size=(config.image_size, config.image_size),
                 seed=config.seed,
+                render_quality=config.render_quality,
                 options={
                     "controller": "JOINT_TARGET",
                     "control_freq": config.control_hz,

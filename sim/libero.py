@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 
 from sim.core import EnvConfig, EnvSpec, SingleEnv, make_observation
+from sim.rendering import EnvCameras
+from sim.robosuite_util import hidden_geom_groups
 from vla import keys
 from vla.registry import UnknownNameError, unknown_name_message
 
@@ -54,6 +56,12 @@ SETTLE_STEPS = 10
 NOOP_ACTION = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0])
 IMAGE_CONVENTIONS = ("upright", "lerobot")
 FPS = 20
+
+
+def _lerobot_convention(upright: np.ndarray) -> np.ndarray:
+    """The frame as LIBERO's LeRobot datasets store it: robosuite's bottom-row-first image
+    with both axes reversed, i.e. the upright frame mirrored left to right."""
+    return np.ascontiguousarray(upright[:, ::-1])
 
 
 @lru_cache(maxsize=1)
@@ -154,6 +162,16 @@ class LiberoEnv(SingleEnv):
                         f"unknown camera {camera!r} for {config.name}; available: {', '.join(render_cameras)}"
                     )
         self._obs_cameras = cameras
+        self._cameras = EnvCameras(
+            lambda: (self._robosuite.sim.model._model, self._robosuite.sim.data._data),
+            CAMERAS,
+            (height, width),
+            config.render_quality,
+            hidden_geom_groups=hidden_geom_groups(self._robosuite),
+            transforms=None
+            if self.image_convention == "upright"
+            else dict.fromkeys(model_cameras, _lerobot_convention),
+        )
         self._instruction = self.task.language
         self._last_raw: dict[str, Any] | None = None
         object_state = self._robosuite._get_observations(force_update=True)["object-state"]
@@ -174,6 +192,7 @@ class LiberoEnv(SingleEnv):
             action_low=tuple(float(x) for x in low),
             action_high=tuple(float(x) for x in high),
             robot="panda",
+            render_quality=self._cameras.quality,
             extra={
                 "benchmark": self.benchmark,
                 "task_index": self.task_index,
@@ -209,11 +228,10 @@ class LiberoEnv(SingleEnv):
         return self._observation(raw), float(reward), bool(done)  # LIBERO's done is its success check
 
     def raw_step(self, action: np.ndarray) -> None:
-        """LIBERO's step plus, in rgb mode, robosuite's own renders of the same cameras."""
+        """LIBERO's step plus, in rgb mode, the camera images."""
         self._env.step(action)
-        height, width = self.spec.image_size
-        for camera in self._obs_cameras:
-            self._robosuite.sim.render(camera_name=CAMERAS.get(camera, camera), width=width, height=height)
+        if self._obs_cameras:
+            self._cameras.images(self._obs_cameras)
 
     def render(self, camera: str) -> np.ndarray:
         name = CAMERAS.get(camera, camera)
@@ -221,15 +239,13 @@ class LiberoEnv(SingleEnv):
             raise ValueError(
                 f"unknown camera {camera!r} for {self.spec.name}; available: {', '.join(self.spec.render_cameras)}"
             )
-        height, width = self.spec.image_size
-        frame = self._robosuite.sim.render(camera_name=name, width=width, height=height)  # bottom row first
-        frame = frame[::-1] if self.image_convention == "upright" else frame[::-1, ::-1]
-        return np.ascontiguousarray(frame)
+        return self._cameras.images([camera])[camera]
 
     def check_success(self) -> bool:
         return bool(self._env.check_success())
 
     def close(self) -> None:
+        self._cameras.close()
         env, self._env = self._env, None
         if env is not None:
             env.close()
@@ -248,5 +264,5 @@ class LiberoEnv(SingleEnv):
         state = np.concatenate(
             [raw["robot0_joint_pos"], raw["robot0_eef_pos"], raw["robot0_eef_quat"], raw["robot0_gripper_qpos"]]
         )
-        images = {camera: self.render(camera) for camera in self._obs_cameras} if self._obs_cameras else None
+        images = self._cameras.images(self._obs_cameras) if self._obs_cameras else None
         return make_observation(state, raw["object-state"], self._instruction, images)

@@ -12,6 +12,8 @@ from typing import Any
 
 from sim.core import EnvConfig, check_obs_mode
 from sim.registry import split_name
+from sim.rendering import DEFAULT_RENDER_QUALITY
+from sim.rendering import render_quality as render_quality_named
 from sim.vector import SubprocVectorEnv, SyncVectorEnv
 
 
@@ -38,6 +40,7 @@ def make_env(
     terminate_on_success: bool = True,
     vectorization: str = "auto",
     workers: int | None = None,
+    render_quality: str = DEFAULT_RENDER_QUALITY,
     **options: Any,
 ):
     """Build a batched environment for ``"<suite>/<task>"``.
@@ -45,9 +48,11 @@ def make_env(
     ``vectorization``: ``sync`` steps every env in this process, ``subprocess`` spreads them
     over ``workers`` processes (default: one per core, each stepping its share in turn), ``gpu`` uses the suite's GPU-batched simulator (ManiSkill physx_cuda).
     ``auto`` picks ``gpu`` when the suite has one and CUDA is present, ``sync`` for one env
-    and ``subprocess`` otherwise.
+    and ``subprocess`` otherwise. ``render_quality`` is the camera look of the MuJoCo suites
+    (``fast`` or ``default``, sim/rendering.py).
     """
     check_obs_mode(obs_mode)
+    render_quality_named(render_quality)  # an unknown name fails here, listing what exists
     if vectorization not in VECTORIZATIONS:
         raise ValueError(f"unknown vectorization {vectorization!r}; available: {', '.join(VECTORIZATIONS)}")
     if num_envs < 1:
@@ -64,6 +69,7 @@ def make_env(
         max_episode_steps=max_episode_steps,
         terminate_on_success=terminate_on_success,
         options=options,
+        render_quality=render_quality,
     )
     gpu_env = suite.gpu_vector_env()
     if vectorization == "auto":

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from sim.core import EnvConfig, EnvSpec, SingleEnv, make_observation
+from sim.rendering import EnvCameras
 from vla import keys
 from vla.registry import UnknownNameError, unknown_name_message
 
@@ -32,6 +33,11 @@ DEFAULT_SCENE_CAMERA = "corner4"
 WRIST_CAMERA = "gripperPOV"
 # Cameras whose image "up" axis points down in the world: rotate their frames by 180 degrees.
 _UPSIDE_DOWN_CAMERAS = frozenset({"corner", "corner2", "corner3", "corner4"})
+
+
+def _rotate_180(image: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(image[::-1, ::-1])
+
 
 # A readable instruction per task (paraphrasing the task descriptions of the Meta-World paper).
 INSTRUCTIONS = {
@@ -155,7 +161,13 @@ class MetaWorldEnv(SingleEnv):
                         f"unknown camera {camera!r} for {config.name}; available: {', '.join(render_cameras)}"
                     )
         self._obs_cameras = cameras
-        self._renderer = None
+        self._cameras = EnvCameras(
+            lambda: (self._env.model, self._env.data),
+            self._roles,
+            tuple(config.image_size),
+            config.render_quality,
+            transforms=dict.fromkeys(_UPSIDE_DOWN_CAMERAS & set(self._model_cameras), _rotate_180),
+        )
         self._instruction = instruction(self.task)
         self.last_raw_obs: np.ndarray | None = None
 
@@ -174,6 +186,7 @@ class MetaWorldEnv(SingleEnv):
             action_low=(-1.0,) * 4,
             action_high=(1.0,) * 4,
             robot="sawyer",
+            render_quality=self._cameras.quality,
             extra={
                 "benchmark": "MT1",
                 "num_variations": len(self._variations),
@@ -201,10 +214,8 @@ class MetaWorldEnv(SingleEnv):
     def raw_step(self, action: np.ndarray) -> None:
         """Meta-World's step plus, in rgb mode, MuJoCo's own renders of the same cameras."""
         self._env.step(action)
-        for camera in self._obs_cameras:
-            renderer = self._renderer or self._make_renderer()
-            renderer.update_scene(self._env.data, camera=self._roles.get(camera, camera))
-            renderer.render()
+        if self._obs_cameras:
+            self._cameras.images(self._obs_cameras)
 
     def render(self, camera: str) -> np.ndarray:
         name = self._roles.get(camera, camera)
@@ -212,17 +223,10 @@ class MetaWorldEnv(SingleEnv):
             raise ValueError(
                 f"unknown camera {camera!r} for {self.spec.name}; available: {', '.join(self.spec.render_cameras)}"
             )
-        renderer = self._renderer or self._make_renderer()
-        renderer.update_scene(self._env.data, camera=name)
-        image = renderer.render()
-        if name in _UPSIDE_DOWN_CAMERAS:
-            image = np.ascontiguousarray(image[::-1, ::-1])
-        return image
+        return self._cameras.images([camera])[camera]
 
     def close(self) -> None:
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
+        self._cameras.close()
         self._env.close()
 
     @property
@@ -237,15 +241,5 @@ class MetaWorldEnv(SingleEnv):
     # ------------------------------------------------------------------ internals
     def _observation(self, raw: np.ndarray) -> dict[str, Any]:
         env_state = raw.astype(np.float32)
-        images = {camera: self.render(camera) for camera in self._obs_cameras} if self._obs_cameras else None
+        images = self._cameras.images(self._obs_cameras) if self._obs_cameras else None
         return make_observation(env_state[:4], env_state, self._instruction, images)
-
-    def _make_renderer(self):
-        import mujoco
-
-        height, width = self.spec.image_size
-        visual = self._env.model.vis.global_
-        visual.offwidth = max(visual.offwidth, width)
-        visual.offheight = max(visual.offheight, height)
-        self._renderer = mujoco.Renderer(self._env.model, height, width)
-        return self._renderer

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from sim.core import EnvConfig, EnvSpec, SingleEnv, make_observation
-from sim.robosuite_util import import_robosuite
+from sim.rendering import EnvCameras
+from sim.robosuite_util import hidden_geom_groups, import_robosuite
 from vla import keys
 
 
@@ -188,8 +189,8 @@ class RobomimicEnv(SingleEnv):
                 float(config.options.get("joint_kp", JOINT_TARGET_KP if controller == "JOINT_TARGET" else 150.0)),
             ),
             has_renderer=False,
-            has_offscreen_renderer=True,  # render() works in every obs mode (videos)
-            use_camera_obs=bool(sim_cameras),
+            has_offscreen_renderer=False,  # sim/rendering.py draws every camera image
+            use_camera_obs=False,
             camera_names=sim_cameras or "agentview",
             camera_heights=height,
             camera_widths=width,
@@ -210,6 +211,13 @@ class RobomimicEnv(SingleEnv):
             low = np.concatenate([joint_range[:, 0], low[-1:]])
             high = np.concatenate([joint_range[:, 1], high[-1:]])
         self._robot_prefixes = [f"robot{i}_" for i in range(len(robots))]
+        self._cameras = EnvCameras(
+            lambda: (self._env.sim.model._model, self._env.sim.data._data),
+            camera_map,
+            tuple(config.image_size),
+            config.render_quality,
+            hidden_geom_groups=hidden_geom_groups(self._env),
+        )
         first = self._env.reset()
         self.spec = EnvSpec(
             name=config.name,
@@ -226,6 +234,7 @@ class RobomimicEnv(SingleEnv):
             action_low=tuple(float(x) for x in low),
             action_high=tuple(float(x) for x in high),
             robot="panda" if len(robots) == 1 else "panda_x2",
+            render_quality=self._cameras.quality,
             extra={
                 "robosuite_version": robosuite.__version__,
                 "controller": controller,
@@ -251,10 +260,7 @@ class RobomimicEnv(SingleEnv):
                 raw[p + "eef_quat"],
                 raw[p + "gripper_qpos"],
             ]
-        images = None
-        if self.cameras:
-            # robosuite renders with OpenGL's bottom-left origin: flip so the top row is first
-            images = {c: np.ascontiguousarray(raw[self.camera_map[c] + "_image"][::-1]) for c in self.cameras}
+        images = self._cameras.images(self.cameras) if self.cameras else None
         return make_observation(np.concatenate(parts), raw["object-state"], self.task.instruction, images)
 
     def reset(self, seed: int) -> dict:
@@ -281,14 +287,20 @@ class RobomimicEnv(SingleEnv):
         raw, reward, _, _ = self._env.step(action)
         return self._observation(raw), float(reward), bool(self._env._check_success())
 
+    def raw_step(self, action: np.ndarray) -> None:
+        """robosuite's step plus, in rgb mode, the camera images (as robosuite's camera
+        observables would render them), for `vla bench sim`."""
+        self._env.step(action)
+        if self.cameras:
+            self._cameras.images(self.cameras)
+
     def render(self, camera: str) -> np.ndarray:
         if camera not in self.camera_map:
             raise ValueError(f"unknown camera {camera!r}; available: {', '.join(self.camera_map)}")
-        height, width = self.image_size
-        frame = self._env.sim.render(width=width, height=height, camera_name=self.camera_map[camera])
-        return np.ascontiguousarray(frame[::-1])
+        return self._cameras.images([camera])[camera]
 
     def close(self) -> None:
+        self._cameras.close()
         self._env.close()
 
 

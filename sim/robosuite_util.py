@@ -15,3 +15,14 @@ def import_robosuite():
     import robosuite
 
     return robosuite
+
+
+def hidden_geom_groups(env) -> tuple[int, ...]:
+    """robosuite's camera images hide its collision geoms (group 0) and show its visual ones
+    (group 1) unless the env was built to render the other."""
+    hidden = []
+    if not getattr(env, "render_collision_mesh", False):
+        hidden.append(0)
+    if not getattr(env, "render_visual_mesh", True):
+        hidden.append(1)
+    return tuple(hidden)

@@ -28,6 +28,15 @@ class NotADatasetError(ValueError):
     pass
 
 
+RECORDING_FILE = "meta/vla_recording.json"  # how the frames were made (env, camera look), beside LeRobot's meta
+
+
+def recording_info(root: str | Path) -> dict[str, Any]:
+    """What ``EpisodeWriter(recording=...)`` stored with a dataset; {} for other datasets."""
+    path = Path(root) / RECORDING_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def repo_id_for(root: Path) -> str:
     return f"local/{Path(root).resolve().name}"
 
@@ -125,7 +134,10 @@ class EpisodeWriter:
         features: dict[str, dict[str, Any]],
         robot_type: str | None = None,
         use_videos: bool = True,
+        recording: dict[str, Any] | None = None,
     ):
+        """``recording``: how the frames are made (``render_quality``, env); stored in
+        ``meta/vla_recording.json``. Appending frames rendered another way is refused."""
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
         if use_videos:
@@ -143,6 +155,14 @@ class EpisodeWriter:
                     f"cannot append to {self.root}: its features/fps differ from this run's.\n"
                     f"  dataset: fps={self.dataset.meta.fps} {existing}\n  this run: fps={fps} {wanted}"
                 )
+            stored = recording_info(self.root).get("render_quality")
+            if recording is not None and stored != recording.get("render_quality") and self.dataset.meta.camera_keys:
+                self.dataset.finalize()
+                raise ValueError(
+                    f"cannot append to {self.root}: its images were rendered with render_quality={stored!r}, "
+                    f"this run's with {recording.get('render_quality')!r} (pass --render-quality {stored} "
+                    "or write to a new dataset)"
+                )
             log.info("appending to %s (%d episodes already)", self.root, self.dataset.meta.total_episodes)
         else:
             if self.root.is_dir():  # empty directory: LeRobot wants to create it itself
@@ -150,6 +170,8 @@ class EpisodeWriter:
             self.dataset = LeRobotDataset.create(
                 repo_id, fps=fps, features=features, root=self.root, robot_type=robot_type, use_videos=use_videos
             )
+            if recording is not None:
+                (self.root / RECORDING_FILE).write_text(json.dumps(recording, indent=2))
         self.features = self.dataset.meta.features
         self._closed = False
 

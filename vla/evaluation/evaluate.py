@@ -48,6 +48,13 @@ class EvalConfig:
     )
     n_action_steps: int | None = field(default=None, metadata={"help": "override the policy's executed steps"})
     num_inference_steps: int | None = field(default=None, metadata={"help": "override the policy's NFE"})
+    render_quality: str | None = field(
+        default=None,
+        metadata={
+            "help": "camera look of the MuJoCo suites (fast or default); None: the one the policy's training images "
+            "were rendered with. Another one warns: the policy sees images unlike its training data"
+        },
+    )
     vectorization: Literal["auto", "sync", "subprocess", "gpu"] = field(
         default="auto",
         metadata={
@@ -75,15 +82,33 @@ def parse_env_options(pairs: tuple[str, ...]) -> dict[str, str]:
     return dict(o.split("=", 1) for o in pairs)
 
 
-def observation_kwargs(policy_config) -> dict:
+# What a checkpoint without a recorded render quality was trained on: the look before there was a choice.
+UNRECORDED_RENDER_QUALITY = "default"
+
+
+def observation_kwargs(policy_config, render_quality: str | None = None) -> dict:
     """make_env's observation arguments for what a policy reads: state only, or its cameras at
-    its image size."""
+    its image size, rendered as its training images were (``render_quality`` overrides that,
+    with a warning when it differs)."""
     cameras = tuple(keys.camera_of(k) for k in policy_config.image_features)
-    return {
+    trained = policy_config.image_render_quality or UNRECORDED_RENDER_QUALITY
+    if cameras and render_quality is not None and render_quality != trained:
+        log.warning(
+            "render_quality %s differs from the %s look the policy's training images were rendered with: "
+            "it sees images unlike its data (expect lower success)",
+            render_quality,
+            trained,
+        )
+    kwargs = {
         "obs_mode": "rgb" if cameras else "state",
         "image_size": policy_config.image_size or (84, 84),
         "cameras": cameras or None,
     }
+    if cameras:
+        kwargs["render_quality"] = render_quality or trained
+    elif render_quality is not None:
+        kwargs["render_quality"] = render_quality
+    return kwargs
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -177,7 +202,7 @@ def _evaluate_task(config: EvalConfig) -> dict:
     env = make_env(
         config.env,
         num_envs=config.num_envs,
-        **observation_kwargs(policy.config),
+        **observation_kwargs(policy.config, config.render_quality),
         seed=config.seed,
         max_episode_steps=config.max_episode_steps,
         vectorization=config.vectorization,

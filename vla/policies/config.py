@@ -28,6 +28,13 @@ class PolicyConfig:
         default=(), metadata={"help": "camera inputs, e.g. observation.images.scene"}
     )
     use_language: bool = field(default=False, metadata={"help": "condition on the instruction (frozen MiniLM)"})
+    image_render_quality: str | None = field(
+        default=None,
+        metadata={
+            "help": "how the training images were rendered (filled from the dataset's meta/vla_recording.json; "
+            "None: not recorded, the look before render qualities existed); evaluation renders the same way"
+        },
+    )
     feature_shapes: dict[str, list[int]] = field(default_factory=dict)
     action_dim: int = 0
     # ---- chunking

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from vla import keys
 from vla.datasets.chunks import ChunkSampler, FrameTable, load_frames
+from vla.datasets.lerobot_io import recording_info
 from vla.policies.checkpoint import (
     flatten_stats,
     load_optimizer_state,
@@ -82,10 +83,15 @@ class TrainConfig:
     wandb: bool = field(default=False, metadata={"help": "also log to Weights & Biases (needs wandb + network)"})
 
 
-def policy_config_for(table: FrameTable, policy: PolicyConfig) -> PolicyConfig:
+def policy_config_for(table: FrameTable, policy: PolicyConfig, dataset: Path | None = None) -> PolicyConfig:
+    """Shapes and action size from the frames; for an image policy, how the dataset's images
+    were rendered (so evaluation renders them the same way)."""
     shapes = {k: list(v.shape[1:]) for k, v in table.vectors.items()}
     shapes.update({k: list(v.shape[1:]) for k, v in table.images.items()})
-    return dataclasses.replace(policy, feature_shapes=shapes, action_dim=int(table.actions.shape[1]))
+    render_quality = recording_info(dataset).get("render_quality") if dataset and policy.image_features else None
+    return dataclasses.replace(
+        policy, feature_shapes=shapes, action_dim=int(table.actions.shape[1]), image_render_quality=render_quality
+    )
 
 
 def dataset_stats(table: FrameTable) -> dict[str, dict[str, torch.Tensor]]:
@@ -183,7 +189,7 @@ def train(config: TrainConfig) -> Path:
     else:
         stats = dataset_stats(table)
         save_file(flatten_stats(stats), str(stats_file))
-    policy_config = policy_config_for(table, config.policy)
+    policy_config = policy_config_for(table, config.policy, config.dataset)
     run_config = dataclasses.replace(config, policy=policy_config)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(run_config), indent=2, default=str))
     log.info("train config:\n%s", json.dumps(dataclasses.asdict(run_config), indent=2, default=str))

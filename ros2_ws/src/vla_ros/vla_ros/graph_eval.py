@@ -164,7 +164,8 @@ def run_episode(h: Harness, horizon_s: float) -> dict:
 
 
 def graph_eval(config: GraphEvalConfig) -> dict:
-    from vla.evaluation.evaluate import wilson_interval
+    from sim.rendering import DEFAULT_RENDER_QUALITY
+    from vla.evaluation.evaluate import observation_kwargs, wilson_interval
     from vla.policies.checkpoint import load_policy
     from vla_ros.launcher import Graph, launch
 
@@ -172,6 +173,8 @@ def graph_eval(config: GraphEvalConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     policy_config = load_policy(config.checkpoint).config
     image_size = config.image_size or (policy_config.image_size or (84, 84))[0]
+    # the simulated cameras render the way the policy's training images were rendered
+    render_quality = observation_kwargs(policy_config).get("render_quality", DEFAULT_RENDER_QUALITY)
     domain_id = config.domain_id if config.domain_id >= 0 else 1 + os.getpid() % 200
     os.environ["ROS_DOMAIN_ID"] = str(domain_id)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -180,6 +183,7 @@ def graph_eval(config: GraphEvalConfig) -> dict:
         [
             f"sim_franka.seed={config.seed}",
             f"sim_franka.image_size={image_size}",
+            f"sim_franka.render_quality={render_quality}",
             f"sim_franka.real_time_factor={config.real_time_factor}",
             f"vla_policy.checkpoint={config.checkpoint}",
             *config.overrides,

@@ -38,6 +38,7 @@ class SimFrankaNodeConfig:
     camera_hz: float = 20.0
     joint_state_hz: float = 100.0
     image_size: int = 84
+    render_quality: str = "fast"  # the camera look (sim/rendering.py): fast, or default (MuJoCo's own)
     cameras: tuple[str, ...] = ("scene", "wrist")
     seed: int = 0
     real_time_factor: float = 1.0
@@ -81,6 +82,7 @@ class SimFrankaNode:
             task=config.task,
             control_hz=config.control_hz,
             image_size=config.image_size,
+            render_quality=config.render_quality,
             cameras=tuple(config.cameras),
             seed=config.seed,
             joint_kp=config.joint_kp,
