@@ -41,6 +41,10 @@ class BenchSimConfig:
     max_workers: int = field(default=0, metadata={"help": "subprocess scaling up to this many workers (0: cores)"})
     scaling_steps: int = field(default=200, metadata={"help": "batched steps per scaling measurement"})
     seed: int = field(default=0, metadata={"help": "base seed: episode k of env i is seeded from (seed, i, k)"})
+    sim_franka_seconds: float = field(
+        default=2.0,
+        metadata={"help": "rgb: simulated seconds of the ROS graph's simulated Franka per look (0: skip)"},
+    )
     out: str | None = field(default=None, metadata={"help": "write the table as JSON here"})
 
 
@@ -167,7 +171,51 @@ def run_bench_sim(config: BenchSimConfig) -> list[dict]:
         speedup = _speedup(rows, name, qualities)
         if speedup is not None:
             print(f"|   {name}: {qualities[-1]} / {qualities[0]} = {speedup:.1f}x raw steps/s | | | | | |", flush=True)
+    if config.obs_mode == "rgb" and config.sim_franka_seconds > 0:
+        print("\n| simulated Franka of the ROS graph | render | simulated s | wall s | real-time factor |")
+        print("|---|---|---|---|---|", flush=True)
+        for quality in qualities:
+            row = measure_sim_franka(quality, config.sim_franka_seconds)
+            rows.append(row)
+            print(
+                f"| {row['env']} | {quality} | {row['simulated_s']:.1f} | {row['wall_s']:.1f} | "
+                f"{row['real_time_factor']:.2f} |",
+                flush=True,
+            )
     return rows
+
+
+def measure_sim_franka(render_quality_name: str, seconds: float, camera_hz: float = 20.0) -> dict:
+    """The fastest real-time factor the ROS graph's simulated Franka can keep at its rates
+    (launch/params/sim_franka_lift.yaml: 100 Hz control, scene + wrist cameras at ``camera_hz``):
+    simulated seconds over wall seconds, without ROS (the node adds publishing on top)."""
+    from sim.franka_mujoco import SimFrankaConfig, SimulatedFranka
+
+    config = SimFrankaConfig(render_quality=render_quality_name)
+    robot = SimulatedFranka(config)
+    try:
+        robot.reset(0)
+        hold = robot.joint_positions()
+        steps = int(round(seconds * config.control_hz))
+        every = max(1, int(round(config.control_hz / camera_hz)))
+        for camera in config.cameras:  # the renderer is built on first use: not part of the rate
+            robot.render(camera)
+        start = time.perf_counter()
+        for step in range(steps):
+            robot.step(hold)
+            if step % every == 0:
+                for camera in config.cameras:
+                    robot.render(camera)
+        wall = time.perf_counter() - start
+    finally:
+        robot.close()
+    return {
+        "env": "ros/sim_franka (robomimic/Lift, 100 Hz control, 2 cameras at 20 Hz)",
+        "render_quality": render_quality_name,
+        "simulated_s": steps / config.control_hz,
+        "wall_s": wall,
+        "real_time_factor": steps / config.control_hz / wall,
+    }
 
 
 def _speedup(rows: list[dict], name: str, qualities: tuple[str, ...]) -> float | None:

@@ -69,6 +69,38 @@ def test_bench_sim_prints_ratio_table(tmp_path):
     assert set(row["subprocess_steps_per_s"]) == {"1", "2"}
 
 
+@pytest.mark.rendering
+def test_bench_sim_rgb_compares_the_camera_looks_side_by_side(tmp_path):
+    out = vla(
+        "bench",
+        "sim",
+        "--obs-mode",
+        "rgb",
+        "--envs",
+        "metaworld/pick-place-v3",
+        "--steps",
+        "5",
+        "--rounds",
+        "1",
+        "--max-workers",
+        "1",
+        "--scaling-steps",
+        "8",
+        "--sim-franka-seconds",
+        "0.1",
+        "--out",
+        str(tmp_path / "b.json"),
+    ).stdout
+    assert "fast / default" in out and "real-time factor" in out
+    rows = json.loads((tmp_path / "b.json").read_text())
+    looks = {r["render_quality"]: r for r in rows if r["env"] == "metaworld/pick-place-v3"}
+    assert set(looks) == {"default", "fast"}
+    assert all(r["ms_per_camera_frame"] > 0 and r["raw_steps_per_s"] > 0 for r in looks.values())
+    franka = [r for r in rows if r["env"].startswith("ros/sim_franka")]
+    assert [r["render_quality"] for r in franka] == ["default", "fast"]
+    assert all(r["real_time_factor"] > 0 and r["simulated_s"] == pytest.approx(0.1) for r in franka)
+
+
 def test_hub_download_offline_says_why(tmp_path):
     proc = vla("dataset", "download", "HuggingFaceVLA/libero", str(tmp_path / "libero"), check=False)
     assert proc.returncode == 2 and "offline" in proc.stderr
