@@ -99,7 +99,7 @@ def measure_raw_vs_wrapper(name: str, config: BenchSimConfig, render_quality: st
     raw, wrapped = total / raw_time, total / wrapped_time
     return {
         "env": name,
-        "render_quality": env.spec.render_quality,
+        "render_quality": env.spec.render_quality if env.spec.cameras else None,
         "raw_steps_per_s": raw,
         "wrapper_steps_per_s": wrapped,
         "ratio": wrapped / raw,
