@@ -336,6 +336,28 @@ VERBS.add(
 )
 
 
+# --------------------------------------------------------------------------- verifier
+def _configure_verifier(p: argparse.ArgumentParser) -> None:
+    from vla.verifiers.taco import TacoFitConfig
+
+    sub = p.add_subparsers(dest="verifier_verb", required=True, metavar="{fit}")
+    fit = sub.add_parser("fit", help="fit a TACO verifier (Coin Flipping Network) to a policy on its SFT dataset")
+    add_dataclass_arguments(fit, TacoFitConfig)
+
+
+def _run_verifier(args: argparse.Namespace) -> int:
+    from vla.verifiers.taco import TacoFitConfig, fit_taco
+
+    print(fit_taco(config_from_args(TacoFitConfig, args)))
+    return 0
+
+
+VERBS.add(
+    "verifier",
+    Verb("test-time verifiers: fit TACO's pseudo-count network to a policy", _configure_verifier, _run_verifier),
+)
+
+
 # --------------------------------------------------------------------------- serve
 def _run_serve(args: argparse.Namespace) -> int:
     from vla.serving.server import serve

@@ -48,6 +48,11 @@ class EvalConfig:
     )
     n_action_steps: int | None = field(default=None, metadata={"help": "override the policy's executed steps"})
     num_inference_steps: int | None = field(default=None, metadata={"help": "override the policy's NFE"})
+    verifier: str | None = field(
+        default=None,
+        metadata={"help": "re-rank sampled chunks at test time: taco (fit it first: vla verifier fit)"},
+    )
+    num_samples: int = field(default=16, metadata={"help": "candidate chunks per step with --verifier"})
     render_quality: str | None = field(
         default=None,
         metadata={
@@ -196,6 +201,10 @@ def _evaluate_task(config: EvalConfig) -> dict:
     policy = load_policy(config.policy)
     if config.num_inference_steps:
         policy.config.num_inference_steps = config.num_inference_steps
+    if config.verifier is not None:
+        from vla.verifiers import VERIFIERS
+
+        policy = VERIFIERS.get(config.verifier)(config.policy, policy, config.num_samples)
     n_action_steps = config.n_action_steps or policy.config.n_action_steps
     if not 1 <= n_action_steps <= policy.config.chunk_size:
         raise ValueError(f"n_action_steps must be in [1, {policy.config.chunk_size}], got {n_action_steps}")
@@ -288,6 +297,8 @@ def _write_results(config, policy, episodes, latencies, videos, fps, n_action_st
         "nfe": policy.config.inference_steps,
         "chunk_size": policy.config.chunk_size,
         "n_action_steps": n_action_steps,
+        "verifier": config.verifier,
+        "num_samples": config.num_samples if config.verifier else 1,
         "latency_ms_per_chunk_call": {
             "batch": config.num_envs,
             "p50": float(np.percentile(latency_ms, 50)) if latencies else None,
