@@ -437,3 +437,33 @@ def test_unreachable_server_raises_connection_error_quickly():
     with pytest.raises(ConnectionError, match=f"no policy server at 127.0.0.1:{port}"):
         PolicyClient("127.0.0.1", port, timeout_s=5)
     assert time.monotonic() - start < 2
+
+
+def test_server_with_taco_replies_the_winning_candidate_and_refuses_client_noise(checkpoint, tmp_path):
+    from vla.policies.checkpoint import load_policy
+    from vla.verifiers.cfn import CFNConfig, CoinFlippingNetwork
+    from vla.verifiers.taco import VERIFIER_DIR, TacoPolicy, TacoVerifier, load_taco, policy_fingerprint
+
+    policy = load_policy(checkpoint)
+    torch.manual_seed(0)
+    network = CoinFlippingNetwork(CFNConfig(feature_dim=policy.config.d_model, hidden_dim=16))
+    TacoVerifier(network, policy_fingerprint(checkpoint), {"threshold": 1.0}).save(checkpoint / VERIFIER_DIR)
+    proc = ServerProcess(checkpoint, tmp_path / "server.log", "--verifier", "taco", "--num-samples", "4")
+    try:
+        obs = observation(5)
+        expected = TacoPolicy(policy, load_taco(checkpoint), 4).predict_action_chunk(
+            {k: np.asarray(v)[None] for k, v in obs.items()}
+        )
+        with PolicyClient("127.0.0.1", proc.port) as client:
+            reply = client.infer(obs)
+            verdict = reply["verifier"]
+            assert verdict["candidate"] in range(4) and verdict["pseudo_count"] > 0
+            assert verdict["out_of_distribution"] == (verdict["pseudo_count"] < 1.0)
+            np.testing.assert_allclose(reply["actions"], expected[0].numpy(), atol=1e-5, rtol=1e-5)
+            batched = client.infer(observation(6, batch=3))
+            assert batched["actions"].shape == (3, H, A) and len(batched["verifier"]["candidate"]) == 3
+            with pytest.raises(PolicyServerError, match="send no noise"):
+                client.infer({**obs, "noise": np.zeros((H, A), np.float32)})
+            assert client.infer(obs)["actions"].shape == (H, A)
+    finally:
+        proc.stop()

@@ -108,6 +108,22 @@ def test_taco_executes_the_candidate_with_the_highest_count():
     torch.testing.assert_close(chosen, chunks[torch.arange(2), counts.argmax(1)])
 
 
+def test_ood_flag_fires_far_more_on_features_unlike_the_training_data():
+    # a CFN tells frequent from rare: the training states come from one dense region (like the
+    # frames of many demonstrations of one task); held-out frames from the same region calibrate
+    rng = np.random.default_rng(0)
+    seen = torch.from_numpy((rng.normal(size=(1200, 8)) * 0.3).astype(np.float32))
+    network = train_cfn(seen[:1000], TacoFitConfig(epochs=30, batch_size=128, cfn=CFNConfig(hidden_dim=64)))
+    verifier = TacoVerifier(network, "abc")
+    held = seen[1000:]
+    threshold = float(torch.quantile(verifier.counts(held), 0.05))
+    verifier.ood = {"threshold": threshold, "false_alarm_rate": 0.05, "heldout_frames": len(held)}
+    held_rate = verifier.out_of_distribution(verifier.counts(held)).float().mean()
+    shifted = verifier.out_of_distribution(verifier.counts(held + 3)).float().mean()
+    assert held_rate <= 0.06 and shifted > 0.5, (held_rate, shifted)
+    assert not TacoVerifier(network, "abc").out_of_distribution(torch.zeros(3)).any(), "uncalibrated: no flags"
+
+
 def test_verifier_save_load_scores_identically_and_refuses_bad_input(tmp_path):
     policy = _policy()
     verifier = _verifier(policy)
@@ -153,10 +169,17 @@ def test_fit_then_eval_with_taco_on_robosuite(tmp_path, lift_dataset):
         )
     )
     assert out == checkpoint.resolve() / "verifier_taco" and (out / "model.safetensors").is_file()
-    assert json.loads((out / "fit.json").read_text())["frames"] == 48
+    fit = json.loads((out / "fit.json").read_text())
+    assert fit["frames"] == 48 and 0 < fit["heldout_frames"] < 48 and fit["ood"]["threshold"] > 0
+    from vla.bench.taco_latency import BenchTacoConfig, run_bench_taco
+
+    rows = run_bench_taco(BenchTacoConfig(policy=checkpoint, num_samples=(1, 4), warmup=1, rounds=2))
+    assert [r["num_samples"] for r in rows] == [1, 4] and rows[0]["shared_vs_n1"] == 1.0
+    assert all(r["shared_ms"] > 0 and r["naive_ms"] > 0 for r in rows)
     base = EvalConfig(policy=checkpoint, env="robomimic/Lift", episodes=2, num_envs=1, videos=0, max_episode_steps=8)
     results = evaluate(replace(base, verifier="taco", num_samples=4, out=tmp_path / "eval"))
     assert results["verifier"] == "taco" and results["num_samples"] == 4 and results["episodes"] == 2
+    assert 0.0 <= results["ood_rate"] <= 1.0
     other = train(TrainConfig(dataset=lift_dataset, out=tmp_path / "run2", policy=state_policy, steps=10, seed=1))
     (other.resolve() / "verifier_taco").symlink_to(out, target_is_directory=True)
     with pytest.raises(ValueError, match="fitted to another policy"):

@@ -208,6 +208,7 @@ def _bench_suites() -> dict[str, tuple[type, Callable, str]]:
     from vla.bench.rl_sweep import BenchRLSweepConfig, run_bench_rl_sweep
     from vla.bench.rl_throughput import BenchRLConfig, run_bench_rl
     from vla.bench.serve_load import BenchServeConfig, run_bench_serve
+    from vla.bench.taco_latency import BenchTacoConfig, run_bench_taco
     from vla.bench.thread_contention import BenchThreadsConfig, run_bench_threads
     from vla.bench.train_profile import BenchTrainProfileConfig, run_bench_train_profile
     from vla.bench.train_throughput import BenchTrainConfig, run_bench_train
@@ -233,6 +234,11 @@ def _bench_suites() -> dict[str, tuple[type, Callable, str]]:
             BenchRecipesConfig,
             run_bench_recipes,
             "tasks x training recipes: collect, train, evaluate 100 unseen episodes, wall time per stage",
+        ),
+        "taco": (
+            BenchTacoConfig,
+            run_bench_taco,
+            "TACO latency per chunk vs N, shared observation encoding vs naive repetition",
         ),
         "threads": (
             BenchThreadsConfig,

@@ -299,6 +299,8 @@ def _write_results(config, policy, episodes, latencies, videos, fps, n_action_st
         "n_action_steps": n_action_steps,
         "verifier": config.verifier,
         "num_samples": config.num_samples if config.verifier else 1,
+        # share of chosen chunks whose best pseudo-count fell below the verifier's OOD threshold
+        "ood_rate": (policy.out_of_distribution / max(policy.decisions, 1)) if config.verifier else None,
         "latency_ms_per_chunk_call": {
             "batch": config.num_envs,
             "p50": float(np.percentile(latency_ms, 50)) if latencies else None,

@@ -50,6 +50,7 @@ log = logging.getLogger("vla.serving")
 PROTOCOL = "openpi-msgpack-numpy"
 MAX_ERROR_CHARS = 1024  # the longest error text frame the server sends
 NON_FINITE_ACTIONS = "the policy produced non-finite actions for this input (values far outside the training range?)"
+NOISE_WITH_VERIFIER = "this server picks each chunk among its verifier's candidates (a fixed noise bank): send no noise"
 
 
 def server_version() -> str:
@@ -94,6 +95,14 @@ class ServeConfig:
     auth_window_s: float = field(
         default=60.0, metadata={"help": "seconds an address is counted (and refused, once over the limit)"}
     )
+    verifier: str | None = field(
+        default=None,
+        metadata={
+            "help": "re-rank sampled chunks with this verifier (taco; fit it first: vla verifier fit); the reply "
+            "says which candidate won, its pseudo-count and whether the state looked out of distribution"
+        },
+    )
+    num_samples: int = field(default=16, metadata={"help": "candidate chunks per observation with --verifier"})
     warmup: bool = field(default=True, metadata={"help": "run one inference before listening"})
     threads: int = field(
         default=0, metadata={"help": "torch CPU threads (0: the server role's budget, 1; see vla/threads.py)"}
@@ -190,6 +199,7 @@ class Inference:
     infer_ms: float
     batch_rows: int  # observations in the forward pass that computed it
     started_at: float  # perf_counter when the pass began
+    verifier: dict[str, list] | None = None  # per row: winning candidate, its pseudo-count, OOD flag
 
 
 class PolicyServer:
@@ -204,6 +214,11 @@ class PolicyServer:
         self.config = config
         self.policy = load_policy(config.policy, device=config.device)
         self.policy_config = self.policy.config
+        self.taco = None
+        if config.verifier is not None:
+            from vla.verifiers import VERIFIERS
+
+            self.taco = VERIFIERS.get(config.verifier)(Path(config.policy), self.policy, config.num_samples)
         self.spec = ObservationSpec.from_policy_config(self.policy_config)
         self.metadata = self._build_metadata()
         self._metadata_bytes = pack(self.metadata)
@@ -280,6 +295,8 @@ class PolicyServer:
         its actions are not finite (the inference worker calls this)."""
         requests: list[Request] = [job.request for job in jobs]
         batch = {key: _concatenate([r.arrays[key] for r in requests]) for key in requests[0].arrays}
+        if self.taco is not None:
+            return self._run_group_verified(requests, batch)
         cfg = self.policy_config
         noise = torch.cat(
             [
@@ -305,6 +322,37 @@ class PolicyServer:
             results.append(
                 Inference(rows, infer_ms, len(actions_np), t0) if finite else RequestError(NON_FINITE_ACTIONS)
             )
+        return results
+
+    def _run_group_verified(self, requests: list[Request], batch: dict) -> list[Inference | RequestError]:
+        """As ``_run_group``, each row's chunk chosen among the verifier's candidates (its fixed
+        noise bank: a request's own noise is refused)."""
+        if any(r.noise is not None for r in requests):
+            return [RequestError(NOISE_WITH_VERIFIER) for _ in requests]
+        t0 = time.perf_counter()
+        try:
+            actions = self.taco.predict_action_chunk(batch)
+        except (KeyError, ValueError) as err:
+            raise RequestError(_message(err)) from None
+        actions_np = actions.detach().float().cpu().numpy().astype(np.float32)
+        infer_ms = 1000 * (time.perf_counter() - t0)
+        choice, counts = self.taco.last_choice, self.taco.last_counts
+        best = counts[torch.arange(len(choice)), choice]
+        flags = self.taco.verifier.out_of_distribution(best)
+        results: list[Inference | RequestError] = []
+        offset = 0
+        for r in requests:
+            rows = slice(offset, offset + r.rows)
+            offset += r.rows
+            if not np.isfinite(actions_np[rows]).all():
+                results.append(RequestError(NON_FINITE_ACTIONS))
+                continue
+            verdict = {
+                "candidate": choice[rows].tolist(),
+                "pseudo_count": best[rows].tolist(),
+                "out_of_distribution": flags[rows].tolist(),
+            }
+            results.append(Inference(actions_np[rows], infer_ms, len(actions_np), t0, verdict))
         return results
 
     def infer(self, obs: Any) -> dict[str, Any]:
@@ -447,11 +495,16 @@ def _concatenate(parts: list[Any]) -> Any:
 
 def _reply(request: Request, result: Inference) -> dict[str, Any]:
     actions = result.actions if request.batched else result.actions[0]
-    return {
+    reply = {
         "actions": actions,
         "policy_timing": {"infer_ms": result.infer_ms},
         "server_timing": {"infer_ms": result.infer_ms, "batch_size": result.batch_rows, "total_ms": 0.0},
     }
+    if result.verifier is not None:
+        reply["verifier"] = (
+            result.verifier if request.batched else {key: values[0] for key, values in result.verifier.items()}
+        )
+    return reply
 
 
 async def _result_unless_closed(future: Future, closed: asyncio.Future) -> Inference | None:

@@ -53,6 +53,12 @@ class TacoFitConfig:
     lr: float = field(default=1e-3, metadata={"help": "peak of the one-cycle schedule (Adam)"})
     cfn: CFNConfig = field(default_factory=CFNConfig)
     max_frames: int | None = field(default=None, metadata={"help": "use at most this many frames (evenly spaced)"})
+    holdout_episodes: float = field(
+        default=0.1, metadata={"help": "share of episodes kept out of CFN training to calibrate the OOD threshold"}
+    )
+    false_alarm_rate: float = field(
+        default=0.05, metadata={"help": "OOD threshold: this share of held-out frames falls below it"}
+    )
     seed: int = 0
     out: Path | None = field(default=None, metadata={"help": f"default: <policy>/{VERIFIER_DIR}"})
 
@@ -88,9 +94,18 @@ def search_features(policy, sampler, indices: Tensor, bank: Tensor, batch_size: 
 class TacoVerifier:
     """A fitted CFN bound to one policy; ``counts(features)`` and ``select(features)``."""
 
-    def __init__(self, network: CoinFlippingNetwork, policy_fingerprint: str):
+    def __init__(self, network: CoinFlippingNetwork, policy_fingerprint: str, ood: dict | None = None):
         self.network = network.eval()
         self.policy_fingerprint = policy_fingerprint
+        # {"threshold": count, "false_alarm_rate": ..., "heldout_frames": ...}: a best candidate
+        # counted below the threshold marks the state as out of distribution
+        self.ood = ood
+
+    def out_of_distribution(self, best_counts: Tensor) -> Tensor:
+        """(B,) bool: the best candidate's count is below the calibrated threshold."""
+        if self.ood is None:
+            return torch.zeros(best_counts.shape, dtype=torch.bool)
+        return best_counts < self.ood["threshold"]
 
     @torch.no_grad()
     def counts(self, features: Tensor) -> Tensor:
@@ -111,7 +126,12 @@ class TacoVerifier:
     def save(self, directory: Path) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        config = {"verifier": "taco", "policy_fingerprint": self.policy_fingerprint, "cfn": asdict(self.network.config)}
+        config = {
+            "verifier": "taco",
+            "policy_fingerprint": self.policy_fingerprint,
+            "cfn": asdict(self.network.config),
+            "ood": self.ood,
+        }
         (directory / "config.json").write_text(json.dumps(config, indent=2))
         state = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
         save_file(state, str(directory / "model.safetensors"))
@@ -135,7 +155,7 @@ def load_taco(policy_checkpoint: Path, directory: Path | None = None) -> TacoVer
         )
     network = CoinFlippingNetwork(CFNConfig(**config["cfn"]))
     network.load_state_dict(load_file(str(directory / "model.safetensors")))
-    return TacoVerifier(network, config["policy_fingerprint"])
+    return TacoVerifier(network, config["policy_fingerprint"], config.get("ood"))
 
 
 def train_cfn(features: Tensor, config: TacoFitConfig) -> CoinFlippingNetwork:
@@ -184,12 +204,22 @@ def fit_taco(config: TacoFitConfig) -> Path:
     bank = noise_bank(config.num_candidates, pc.chunk_size, pc.action_dim)
     log.info("feature search: %d frames x %d candidates", len(indices), config.num_candidates)
     features = search_features(policy, sampler, indices, bank)
-    network = train_cfn(features, config)
+    held = heldout_mask(table.episode_ends[indices.numpy()], config.holdout_episodes)
+    network = train_cfn(features[~held], config)
     verifier = TacoVerifier(network, policy_fingerprint(checkpoint))
+    if held.any():
+        threshold = float(torch.quantile(verifier.counts(features[held]), config.false_alarm_rate))
+        verifier.ood = {
+            "threshold": threshold,
+            "false_alarm_rate": config.false_alarm_rate,
+            "heldout_frames": int(held.sum()),
+        }
     out = verifier.save(Path(config.out) if config.out else checkpoint / VERIFIER_DIR)
-    counts = verifier.counts(features)
+    counts = verifier.counts(features[~held])
     summary = {
         "frames": len(indices),
+        "heldout_frames": int(held.sum()),
+        "ood": verifier.ood,
         "num_candidates": config.num_candidates,
         "feature_dim": int(features.shape[1]),
         "train_count_median": float(counts.median()),
@@ -198,6 +228,16 @@ def fit_taco(config: TacoFitConfig) -> Path:
     (out / "fit.json").write_text(json.dumps(summary, indent=2))
     log.info("verifier saved in %s (median pseudo-count on its data %.1f)", out, summary["train_count_median"])
     return out
+
+
+def heldout_mask(episode_ends: np.ndarray, share: float) -> Tensor:
+    """Frames of the last ``share`` of episodes (whole episodes, at least one when there are two
+    or more): calibration data the CFN never saw."""
+    episodes = np.unique(episode_ends)
+    if share <= 0 or len(episodes) < 2:
+        return torch.zeros(len(episode_ends), dtype=torch.bool)
+    held = episodes[-max(1, round(share * len(episodes))) :]
+    return torch.from_numpy(np.isin(episode_ends, held))
 
 
 class TacoPolicy:
@@ -216,6 +256,8 @@ class TacoPolicy:
         self._queue: deque[np.ndarray] = deque()
         self.last_counts: Tensor | None = None
         self.last_choice: Tensor | None = None
+        self.decisions = 0  # chunks chosen, and how many of them were flagged out of distribution
+        self.out_of_distribution = 0
 
     def __getattr__(self, name: str) -> Any:  # everything else is the policy's
         return getattr(self.policy, name)
@@ -231,6 +273,9 @@ class TacoPolicy:
         chunks, features = self.policy.sample_action_chunks(obs, self.num_samples, noise=noise, return_features=True)
         choice, counts = self.verifier.select(features, self.generator)
         self.last_counts, self.last_choice = counts, choice
+        flags = self.verifier.out_of_distribution(counts[torch.arange(b), choice])
+        self.decisions += b
+        self.out_of_distribution += int(flags.sum())
         return chunks[torch.arange(b), choice]
 
     def select_action(self, obs: dict[str, Any]) -> np.ndarray:
