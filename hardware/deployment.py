@@ -160,7 +160,15 @@ def feature_shapes(metadata: dict[str, Any]) -> dict[str, tuple[int, ...]]:
 class LocalPolicy:
     """The checkpoint in this process. ``device`` is used as given: no silent CPU fallback."""
 
-    def __init__(self, checkpoint: str, device: str = "cpu", seed: int = 0, threads: int = 1):
+    def __init__(
+        self,
+        checkpoint: str,
+        device: str = "cpu",
+        seed: int = 0,
+        threads: int = 1,
+        verifier: str = "",
+        num_samples: int = 16,
+    ):
         import torch
 
         # One intra-op thread by default (the node role's budget): a controller PC also runs
@@ -177,6 +185,13 @@ class LocalPolicy:
         self.metadata = policy_metadata(self.policy)
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.device = device
+        # a test-time verifier (TACO) picks each chunk among num_samples candidates
+        self.selector = None
+        self.last_verdict: dict[str, Any] | None = None
+        if verifier:
+            from vla.verifiers import VERIFIERS
+
+            self.selector = VERIFIERS.get(verifier)(checkpoint, self.policy, num_samples)
         self.infer(example_observation(self.metadata))  # lazy loads (language encoder) happen now, not mid-task
 
     def infer(self, obs: dict[str, Any]) -> np.ndarray:
@@ -186,7 +201,17 @@ class LocalPolicy:
         if keys.TASK in batch:
             batch[keys.TASK] = [batch[keys.TASK]]
         with self.torch.inference_mode():
-            chunk = self.policy.predict_action_chunk(batch, noise=noise)
+            if self.selector is None:
+                chunk = self.policy.predict_action_chunk(batch, noise=noise)
+            else:
+                chunk = self.selector.predict_action_chunk(batch)
+                choice, counts = self.selector.last_choice, self.selector.last_counts
+                best = counts[0, choice[0]]
+                self.last_verdict = {
+                    "candidate": int(choice[0]),
+                    "pseudo_count": float(best),
+                    "out_of_distribution": bool(self.selector.verifier.out_of_distribution(best[None])[0]),
+                }
         return chunk[0].detach().cpu().numpy().astype(np.float32)
 
     def close(self) -> None:
@@ -201,9 +226,12 @@ class RemotePolicy:
 
         self.client = PolicyClient(host, port, api_key=api_key, timeout_s=timeout_s)
         self.metadata = dict(self.client.metadata)
+        self.last_verdict: dict[str, Any] | None = None  # a server with --verifier says it per reply
 
     def infer(self, obs: dict[str, Any]) -> np.ndarray:
-        return np.asarray(self.client.infer(obs)["actions"], dtype=np.float32)
+        reply = self.client.infer(obs)
+        self.last_verdict = reply.get("verifier")
+        return np.asarray(reply["actions"], dtype=np.float32)
 
     def close(self) -> None:
         self.client.close()

@@ -72,7 +72,21 @@ def make_checkpoint(path: Path, action_low: float, action_high: float, nan: bool
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpts")
-    return {"wild": make_checkpoint(root / "wild", -6.0, 6.0), "nan": make_checkpoint(root / "nan", -1, 1, nan=True)}
+    return {
+        "wild": make_checkpoint(root / "wild", -6.0, 6.0),
+        "nan": make_checkpoint(root / "nan", -1, 1, nan=True),
+        "ood": with_verifier(make_checkpoint(root / "ood", -1, 1), threshold=1e12),
+    }
+
+
+def with_verifier(checkpoint: Path, threshold: float) -> Path:
+    """A TACO verifier for the checkpoint whose OOD threshold every state falls below."""
+    from vla.verifiers.cfn import CFNConfig, CoinFlippingNetwork
+    from vla.verifiers.taco import VERIFIER_DIR, TacoVerifier, policy_fingerprint
+
+    network = CoinFlippingNetwork(CFNConfig(feature_dim=32, hidden_dim=16))
+    TacoVerifier(network, policy_fingerprint(checkpoint), {"threshold": threshold}).save(checkpoint / VERIFIER_DIR)
+    return checkpoint
 
 
 def free_port() -> int:
@@ -242,6 +256,26 @@ def test_nan_actions_are_refused_and_the_arm_holds(graph):
     for traj in robot.trajectories:
         q = positions(traj)
         assert np.all(np.isfinite(q)) and len(q) == 1 and np.allclose(q[0], robot.q), "only holds may be sent"
+
+
+@pytest.mark.parametrize(
+    "graph",
+    [{"checkpoint": "ood", "verifier": "taco", "num_samples": 4, "on_out_of_distribution": "hold"}],
+    indirect=True,
+)
+def test_out_of_distribution_states_hold_the_arm_when_configured(graph):
+    robot, _ = graph
+    robot.wait_for(lambda: robot.diagnostics, 60, "the node's diagnostics")
+    robot.wait_for(lambda: robot.call("enable").success, 10, "enable to succeed")
+    robot.wait_for(
+        lambda: any(e["kind"] == "refused_out_of_distribution" for e in robot.events),
+        30,
+        "an out-of-distribution event",
+    )
+    robot.wait_for(lambda: int(robot.diagnostics.get("safety.out_of_distribution", 0)) > 0, 10, "OOD counted")
+    for traj in robot.trajectories:
+        q = positions(traj)
+        assert len(q) == 1 and np.allclose(q[0], robot.q), "only holds may be sent"
 
 
 def test_malformed_images_are_dropped_and_counted(graph):

@@ -62,6 +62,21 @@ class PolicyNodeConfig:
     )
     torch_threads: int = field(default=1, metadata={"help": "intra-op threads for in-process CPU inference"})
     seed: int = field(default=0, metadata={"help": "seed of the in-process policy's sampling noise"})
+    verifier: str = field(
+        default="",
+        metadata={
+            "help": "in-process test-time verifier: taco picks each chunk among num_samples candidates (fit it with "
+            "`vla verifier fit`; a server's own --verifier is reported the same way)"
+        },
+    )
+    num_samples: int = field(default=16, metadata={"help": "candidate chunks per inference with a verifier"})
+    on_out_of_distribution: Literal["report", "hold"] = field(
+        default="report",
+        metadata={
+            "help": "when the verifier counts the best candidate below its calibrated threshold: report (diagnostics "
+            "count and event, the chunk runs) or hold (the chunk is refused and the arm holds)"
+        },
+    )
     arm_id: str = field(default="fr3", metadata={"help": "joint names <arm_id>_joint1..7 (fr3, fer, ...)"})
     robot: str = field(
         default="fr3",
@@ -212,7 +227,12 @@ class PolicyNode:
         # ---- the policy (fails loudly: no checkpoint or no server means no node)
         if config.checkpoint:
             self.policy = LocalPolicy(
-                config.checkpoint, device=config.device, seed=config.seed, threads=config.torch_threads
+                config.checkpoint,
+                device=config.device,
+                seed=config.seed,
+                threads=config.torch_threads,
+                verifier=config.verifier,
+                num_samples=config.num_samples,
             )
             source = f"checkpoint {config.checkpoint} on {config.device}"
         else:
@@ -528,6 +548,16 @@ class PolicyNode:
             )
             return
         now = self.now()
+        verdict = getattr(self.policy, "last_verdict", None)
+        if verdict is not None and verdict.get("out_of_distribution"):
+            count = self.safety.counters.get("out_of_distribution", 0) + 1
+            self.safety.counters["out_of_distribution"] = count
+            detail = f"the verifier counts this state out of distribution (pseudo-count {verdict['pseudo_count']:.3g})"
+            if self.config.on_out_of_distribution == "hold":
+                self.scheduler.cancel_request()
+                self.safety.refuse(now, "refused_out_of_distribution", f"{detail}; the arm holds", "ood")
+                return
+            self._throttled_error("out_of_distribution", f"{detail}; running it (on_out_of_distribution=report)")
         try:
             accepted = self.scheduler.add_chunk(chunk, min(obs_stamp, now), now)
         except ValueError as err:  # e.g. a chunk shorter than n_action_steps: refuse, hold, say why
