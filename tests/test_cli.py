@@ -116,15 +116,19 @@ def test_collect_without_expert_lists_tasks_with_experts(tmp_path):
 
 
 def test_demo_runs_every_stage_with_small_settings(tmp_path):
-    """`make demo`'s job end to end at toy sizes: dataset, DM1, evaluation, and the RL stage."""
+    """`make demo`'s job end to end at toy sizes: dataset, DM1, evaluation, TACO, and the RL stage."""
     out = tmp_path / "demo"
     vla(
         "demo",
         *("--episodes", "2", "--train-steps", "20", "--eval-episodes", "2", "--out", str(out)),
-        *("--rl-minutes", "0.05", "--rl-sft-steps", "20"),
+        *("--rl-minutes", "0.05", "--rl-sft-steps", "20", "--taco-samples", "4"),
     )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["eval"]["episodes"] == 2
+    taco = summary["taco"]
+    assert taco["episodes"] == 2 and taco["num_samples"] == 4 and 0 <= taco["ood_rate"] <= 1
+    assert (out / "train" / "checkpoints" / "last" / "verifier_taco" / "model.safetensors").is_file()
+    assert "TACO (verifier fitted" in (out / "summary.md").read_text()
     rl = summary["rl"]
     assert rl["iterations"] >= 1 and rl["before"]["episodes"] == rl["after"]["episodes"] == 2
     assert (out / "rl" / "checkpoints" / "last" / "model.safetensors").is_file()
