@@ -257,10 +257,10 @@ _SHARED_GL = threading.local()
 _ALL_SHARED_GL: list = []
 
 
-@atexit.register
 def _free_shared_gl_contexts() -> None:
-    """Free them before EGL's own exit handler terminates the display (registered earlier,
-    so it runs later): otherwise each context's finalizer reports an EGL error at exit."""
+    """Free them before EGL's own exit handler terminates the display: registered after
+    mujoco.egl registered that one, so it runs first (otherwise each context's finalizer
+    reports an EGL error at exit)."""
     for context in _ALL_SHARED_GL:
         try:
             context.free()
@@ -277,6 +277,8 @@ def _gl_context(width: int, height: int):
     if os.environ.get("MUJOCO_GL", "").lower() == "egl":
         if getattr(_SHARED_GL, "context", None) is None:
             _SHARED_GL.context = gl_context.GLContext(width, height)
+            if not _ALL_SHARED_GL:
+                atexit.register(_free_shared_gl_contexts)
             _ALL_SHARED_GL.append(_SHARED_GL.context)
         return _SHARED_GL.context, False
     return gl_context.GLContext(width, height), True
