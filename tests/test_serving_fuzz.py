@@ -314,13 +314,19 @@ def test_clients_that_hang_up_do_not_break_others_and_their_work_is_skipped(serv
     good = [pack({**obs, "noise": noise_for(i)}) for i, obs in enumerate(observations)]
     quitters = [pack(observation(300 + i)) for i in range(15)]
     frames = [slow, *quitters, *good]
-    results = asyncio.run(_ask_all(server.port, frames, close_after_send=set(range(1, 1 + len(quitters)))))
-    assert check_reply(results[0][0], batch=512).shape == (512, H, A)
-    for i, (reply, _) in enumerate(results[1 + len(quitters) :]):
-        np.testing.assert_allclose(
-            unpack(reply)["actions"], expected_actions(policy, observations[i], noise_for(i)), atol=1e-5, rtol=1e-5
-        )
-    assert_still_serving(server.port)
+    # Whether a quitter's request is still queued when its close is noticed depends on timing
+    # (the slow pass may end first), so the scenario runs up to three times; every run must
+    # serve the others correctly, and at least one must skip closed connections' work.
+    for _attempt in range(3):
+        results = asyncio.run(_ask_all(server.port, frames, close_after_send=set(range(1, 1 + len(quitters)))))
+        assert check_reply(results[0][0], batch=512).shape == (512, H, A)
+        for i, (reply, _) in enumerate(results[1 + len(quitters) :]):
+            np.testing.assert_allclose(
+                unpack(reply)["actions"], expected_actions(policy, observations[i], noise_for(i)), atol=1e-5, rtol=1e-5
+            )
+        assert_still_serving(server.port)
+        if "request(s) of closed connections" in server.log_path.read_text():
+            break
     assert "request(s) of closed connections" in server.log_path.read_text()
 
 
