@@ -205,13 +205,7 @@ class LocalPolicy:
                 chunk = self.policy.predict_action_chunk(batch, noise=noise)
             else:
                 chunk = self.selector.predict_action_chunk(batch)
-                choice, counts = self.selector.last_choice, self.selector.last_counts
-                best = counts[0, choice[0]]
-                self.last_verdict = {
-                    "candidate": int(choice[0]),
-                    "pseudo_count": float(best),
-                    "out_of_distribution": bool(self.selector.verifier.out_of_distribution(best[None])[0]),
-                }
+                self.last_verdict = {key: values[0] for key, values in self.selector.last_verdict.items()}
         return chunk[0].detach().cpu().numpy().astype(np.float32)
 
     def close(self) -> None:

@@ -291,54 +291,32 @@ class PolicyServer:
         return Job(request, rows=request.rows, group=request.group)
 
     def _run_group(self, jobs: Sequence[Job]) -> list[Inference | RequestError]:
-        """One forward pass over compatible requests; each gets its rows back, or an error if
-        its actions are not finite (the inference worker calls this)."""
+        """One forward pass over compatible requests; each gets its rows back (with the
+        verifier's verdict per row when the server has one), or an error if its actions are not
+        finite (the inference worker calls this)."""
         requests: list[Request] = [job.request for job in jobs]
         batch = {key: _concatenate([r.arrays[key] for r in requests]) for key in requests[0].arrays}
-        if self.taco is not None:
-            return self._run_group_verified(requests, batch)
-        cfg = self.policy_config
-        noise = torch.cat(
-            [
-                torch.from_numpy(r.noise)
-                if r.noise is not None
-                else torch.randn(r.rows, cfg.chunk_size, cfg.action_dim)
-                for r in requests
-            ]
-        )
-        t0 = time.perf_counter()
-        try:
-            actions = self.policy.predict_action_chunk(batch, noise=noise)
-        except (KeyError, ValueError) as err:  # the policy's own input checks
-            raise RequestError(_message(err)) from None
-        actions_np = actions.detach().float().cpu().numpy().astype(np.float32)
-        infer_ms = 1000 * (time.perf_counter() - t0)
-        results: list[Inference | RequestError] = []
-        offset = 0
-        for r in requests:
-            rows = actions_np[offset : offset + r.rows]
-            offset += r.rows
-            finite = np.isfinite(rows).all()
-            results.append(
-                Inference(rows, infer_ms, len(actions_np), t0) if finite else RequestError(NON_FINITE_ACTIONS)
-            )
-        return results
-
-    def _run_group_verified(self, requests: list[Request], batch: dict) -> list[Inference | RequestError]:
-        """As ``_run_group``, each row's chunk chosen among the verifier's candidates (its fixed
-        noise bank: a request's own noise is refused)."""
-        if any(r.noise is not None for r in requests):
+        if self.taco is not None and any(r.noise is not None for r in requests):
             return [RequestError(NOISE_WITH_VERIFIER) for _ in requests]
+        cfg = self.policy_config
         t0 = time.perf_counter()
-        try:
-            actions = self.taco.predict_action_chunk(batch)
+        try:  # the policy's own input checks
+            if self.taco is None:
+                noise = torch.cat(
+                    [
+                        torch.from_numpy(r.noise)
+                        if r.noise is not None
+                        else torch.randn(r.rows, cfg.chunk_size, cfg.action_dim)
+                        for r in requests
+                    ]
+                )
+                actions, verdicts = self.policy.predict_action_chunk(batch, noise=noise), None
+            else:  # each row's chunk chosen among the verifier's candidates (its fixed noise bank)
+                actions, verdicts = self.taco.predict_action_chunk(batch), self.taco.last_verdict
         except (KeyError, ValueError) as err:
             raise RequestError(_message(err)) from None
         actions_np = actions.detach().float().cpu().numpy().astype(np.float32)
         infer_ms = 1000 * (time.perf_counter() - t0)
-        choice, counts = self.taco.last_choice, self.taco.last_counts
-        best = counts[torch.arange(len(choice)), choice]
-        flags = self.taco.verifier.out_of_distribution(best)
         results: list[Inference | RequestError] = []
         offset = 0
         for r in requests:
@@ -347,11 +325,7 @@ class PolicyServer:
             if not np.isfinite(actions_np[rows]).all():
                 results.append(RequestError(NON_FINITE_ACTIONS))
                 continue
-            verdict = {
-                "candidate": choice[rows].tolist(),
-                "pseudo_count": best[rows].tolist(),
-                "out_of_distribution": flags[rows].tolist(),
-            }
+            verdict = None if verdicts is None else {key: values[rows] for key, values in verdicts.items()}
             results.append(Inference(actions_np[rows], infer_ms, len(actions_np), t0, verdict))
         return results
 

@@ -256,6 +256,8 @@ class TacoPolicy:
         self._queue: deque[np.ndarray] = deque()
         self.last_counts: Tensor | None = None
         self.last_choice: Tensor | None = None
+        # per row of the last call: the winning candidate, its pseudo-count and the OOD flag
+        self.last_verdict: dict[str, list] | None = None
         self.decisions = 0  # chunks chosen, and how many of them were flagged out of distribution
         self.out_of_distribution = 0
 
@@ -273,7 +275,13 @@ class TacoPolicy:
         chunks, features = self.policy.sample_action_chunks(obs, self.num_samples, noise=noise, return_features=True)
         choice, counts = self.verifier.select(features, self.generator)
         self.last_counts, self.last_choice = counts, choice
-        flags = self.verifier.out_of_distribution(counts[torch.arange(b), choice])
+        best = counts[torch.arange(b), choice]
+        flags = self.verifier.out_of_distribution(best)
+        self.last_verdict = {
+            "candidate": choice.tolist(),
+            "pseudo_count": best.tolist(),
+            "out_of_distribution": flags.tolist(),
+        }
         self.decisions += b
         self.out_of_distribution += int(flags.sum())
         return chunks[torch.arange(b), choice]
