@@ -6,7 +6,7 @@ Layers, lowest first:
 * the ``vla`` core (types, flow math, policies, datasets, training, serving): imports neither
   ``sim``, ``hardware``, ROS nor a simulator or camera SDK, at module level or in a function;
 * ``sim`` (simulators, experts) and ``hardware`` (robots, cameras, safety): may import the core;
-* the application layer (``vla.cli``, ``vla.evaluation``, ``vla.bench``) wires the core to
+* the application layer (``vla.cli``, ``vla.evaluation``, ``vla.bench``, ``vla.teleop``) wires the core to
   simulators and may import anything; nothing below it imports it.
 """
 
@@ -22,7 +22,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("vla", "sim", "hardware")
-APP_LAYER = ("vla.cli", "vla.evaluation", "vla.bench")
+APP_LAYER = ("vla.cli", "vla.evaluation", "vla.bench", "vla.teleop")
 ROS = (
     "rclpy",
     "rosbags",

@@ -33,6 +33,7 @@ ROLE_DEFAULTS: dict[str, int | None] = {  # None: every core
     "server": 1,
     "node": 1,
     "env_worker": 1,
+    "recorder": 1,
     "bench": None,
 }
 _applied: dict[str, int] = {}

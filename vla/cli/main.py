@@ -3,6 +3,7 @@
     vla demo                                   # the newcomer's main job (see README)
     vla envs [--suite robomimic]               # what can be simulated, and which tasks have experts
     vla collect --env robomimic/Lift --episodes 50 --out data/datasets/lift
+    vla record --env robomimic/Lift --device keyboard --episodes 10   # teleoperation (also gamepad, spacemouse)
     vla dataset info data/datasets/lift
     vla dataset export-zarr data/datasets/lift data/lift.zarr
     vla dataset import-zarr data/lift.zarr data/datasets/lift_copy
@@ -92,7 +93,7 @@ def quiet_third_party() -> None:
         av.logging.set_level(av.logging.ERROR)  # "moving the moov atom" per encoded video
     except (ImportError, AttributeError):  # pragma: no cover
         pass
-    for name in ("robosuite", "libav", "mani_skill"):
+    for name in ("robosuite", "libav", "mani_skill", "lerobot.configs.video"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
@@ -138,6 +139,31 @@ VERBS.add(
     "collect",
     config_verb(
         "record scripted-expert demonstrations into a LeRobot v3 dataset", "sim.collect:CollectConfig", _run_collect
+    ),
+)
+
+
+# --------------------------------------------------------------------------- record
+def _run_record(args: argparse.Namespace) -> int:
+    from hardware.teleop import DeviceNotFoundError
+    from vla.teleop.session import record
+
+    config = verb_config(args)
+    try:
+        result = record(config)
+    except DeviceNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.to_dict(), indent=2))
+    return 0
+
+
+VERBS.add(
+    "record",
+    config_verb(
+        "teleoperate a simulated arm and record episodes into a LeRobot v3 dataset (crash-safe)",
+        "vla.teleop.session:RecordConfig",
+        _run_record,
     ),
 )
 
@@ -205,6 +231,7 @@ def _bench_suites() -> dict[str, tuple[type, Callable, str]]:
     from sim.bench import BenchExpertsConfig, BenchSimConfig, run_bench_experts, run_bench_sim
     from vla.bench.policy_latency import BenchPolicyConfig, run_bench_policy
     from vla.bench.recipes import BenchRecipesConfig, run_bench_recipes
+    from vla.bench.record_throughput import BenchRecordConfig, run_bench_record
     from vla.bench.rl_sweep import BenchRLSweepConfig, run_bench_rl_sweep
     from vla.bench.rl_throughput import BenchRLConfig, run_bench_rl
     from vla.bench.serve_load import BenchServeConfig, run_bench_serve
@@ -239,6 +266,11 @@ def _bench_suites() -> dict[str, tuple[type, Callable, str]]:
             BenchTacoConfig,
             run_bench_taco,
             "TACO latency per chunk vs N, shared observation encoding vs naive repetition",
+        ),
+        "record": (
+            BenchRecordConfig,
+            run_bench_record,
+            "recording two 640x480 cameras + joint states at 30 Hz: frames kept, jitter, save time, vs LeRobot's writer",
         ),
         "threads": (
             BenchThreadsConfig,
