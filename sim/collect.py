@@ -231,7 +231,13 @@ def _collect_task(config: CollectConfig) -> CollectResult:
                 spec.state_dim, action_dim, spec.env_state_dim, spec.cameras, spec.image_size, config.video
             )
             perturb = _perturbation(config, noise_dims, spec)
-            recording = {"env": config.env, "render_quality": spec.render_quality if spec.cameras else None}
+            recording = {
+                "env": config.env,
+                "render_quality": spec.render_quality if spec.cameras else None,
+                "source": "scripted expert",
+                "action_label": config.action_label,
+                "action_noise": config.action_noise,
+            }
             writer = EpisodeWriter(
                 out,
                 fps=spec.fps,
@@ -262,7 +268,9 @@ def _collect_task(config: CollectConfig) -> CollectResult:
                     result.successes += int(episode["success"])
                     keep = episode["success"] or config.keep_failures
                     if keep and result.written < config.episodes:
-                        writer.write_episode(frames)
+                        writer.write_episode(
+                            frames, {"seed": int(episode["seed"]), "success": bool(episode["success"])}
+                        )
                         result.written += 1
                         result.frames += len(frames)
                         result.episode_lengths.append(len(frames))

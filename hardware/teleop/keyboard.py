@@ -75,18 +75,19 @@ class KeyboardDevice(base.TeleopDevice):
                     "the keyboard device reads keys from a terminal, and stdin is not one "
                     "(run `vla record` in a terminal or over ssh -t; or use --device gamepad|spacemouse|scripted)"
                 )
+            self._stream = sys.stdin
+        if self._stream.isatty():  # keys as they are pressed, not after Enter, and not echoed
             import termios
             import tty
 
-            self._stream = sys.stdin
-            self._saved_tty = termios.tcgetattr(sys.stdin.fileno())
-            tty.setcbreak(sys.stdin.fileno())
+            self._saved_tty = termios.tcgetattr(self._stream.fileno())
+            tty.setcbreak(self._stream.fileno())
 
     def disconnect(self) -> None:
         if self._saved_tty is not None:
             import termios
 
-            termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, self._saved_tty)
+            termios.tcsetattr(self._stream.fileno(), termios.TCSADRAIN, self._saved_tty)
             self._saved_tty = None
 
     def _pending_keys(self) -> str:

@@ -4,6 +4,7 @@
     vla envs [--suite robomimic]               # what can be simulated, and which tasks have experts
     vla collect --env robomimic/Lift --episodes 50 --out data/datasets/lift
     vla record --env robomimic/Lift --device keyboard --episodes 10   # teleoperation (also gamepad, spacemouse)
+    vla replay --dataset data/datasets/lift --video data/replay.mp4     # recorded actions, back in the simulator
     vla dataset info data/datasets/lift
     vla dataset export-zarr data/datasets/lift data/lift.zarr
     vla dataset import-zarr data/lift.zarr data/datasets/lift_copy
@@ -168,12 +169,48 @@ VERBS.add(
 )
 
 
+def _run_replay(args: argparse.Namespace) -> int:
+    from sim.replay import replay
+
+    summary = replay(verb_config(args))
+    for row in summary["results"]:
+        print(f"episode {row['episode']:4d}  seed {row['seed']}  {row['steps']} steps  success={row['success']}")
+    print(f"replay success: {100 * summary['replay_success_rate']:.0f}% of {summary['episodes']} episodes")
+    if "video" in summary:
+        print(f"video: {summary['video']}")
+    return 0
+
+
+VERBS.add(
+    "replay",
+    config_verb(
+        "replay a dataset's recorded actions in its simulator from each episode's seed (success rate, video)",
+        "sim.replay:ReplayConfig",
+        _run_replay,
+    ),
+)
+
+
 # --------------------------------------------------------------------------- dataset
 def _configure_dataset(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="dataset_verb", required=True, metavar="{info,export-zarr,import-zarr,download}")
+    sub = p.add_subparsers(
+        dest="dataset_verb", required=True, metavar="{info,view,from-bag,export-zarr,import-zarr,download}"
+    )
     info = sub.add_parser("info", help="episodes, frames, features, fps, tasks")
     info.add_argument("root", type=Path)
     info.add_argument("--json", action="store_true", help="print JSON")
+    view = sub.add_parser("view", help="one episode as an MP4 (cameras over action/state plots) or a rerun .rrd")
+    view.add_argument("root", type=Path)
+    view.add_argument("--episode", type=int, default=0)
+    view.add_argument("--out", type=Path, default=None, help="episode.mp4 or episode.rrd (default: <root>_ep<i>.mp4)")
+    bag = sub.add_parser("from-bag", help="rosbag2 MCAP recordings (vla_ros.recorder) -> LeRobot episodes")
+    bag.add_argument("bags", type=Path, nargs="+", help="bag directories, one episode each")
+    bag.add_argument("--out", type=Path, required=True, help="dataset (appended to)")
+    bag.add_argument("--fps", type=float, default=30.0, help="resampling rate")
+    bag.add_argument("--cameras", nargs="+", default=None, help="role=topic per camera")
+    bag.add_argument("--joint-states", default="/joint_states")
+    bag.add_argument("--command", default="/fr3_arm_controller/joint_trajectory", help="JointTrajectory topic")
+    bag.add_argument("--task", default=None, help="instruction (default: the bag's /task_instruction)")
     export = sub.add_parser("export-zarr", help="LeRobot dataset -> diffusion_policy zarr ReplayBuffer")
     export.add_argument("root", type=Path)
     export.add_argument("out", type=Path)
@@ -208,6 +245,30 @@ def _run_dataset(args: argparse.Namespace) -> int:
 
         info = dataset_info(args.root)
         print(json.dumps(info, indent=2) if args.json else format_dataset_info(info))
+    elif args.dataset_verb == "view":
+        from vla.datasets.viewer import episode_rerun, episode_video
+
+        out = args.out or Path(f"{str(args.root).rstrip('/')}_ep{args.episode}.mp4")
+        write = episode_rerun if out.suffix == ".rrd" else episode_video
+        print(write(args.root, args.episode, out))
+    elif args.dataset_verb == "from-bag":
+        from vla.teleop.from_bag import DEFAULT_CAMERAS, FromBagConfig, bags_to_dataset
+
+        config = FromBagConfig(
+            bags=tuple(args.bags),
+            out=args.out,
+            fps=args.fps,
+            cameras=tuple(args.cameras or DEFAULT_CAMERAS),
+            joint_states=args.joint_states,
+            command=args.command,
+            task=args.task,
+        )
+        for report in bags_to_dataset(config):
+            streams = ", ".join(
+                f"{k}: {v['messages']} msgs, {v['dropped_ticks']} dropped, {v['duplicated_ticks']} duplicated"
+                for k, v in report["streams"].items()
+            )
+            print(f"episode {report['episode_index']}: {report['ticks']} frames ({streams})")
     elif args.dataset_verb == "download":
         from vla.datasets.lerobot_io import download_dataset
 

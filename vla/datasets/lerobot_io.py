@@ -29,12 +29,31 @@ class NotADatasetError(ValueError):
 
 
 RECORDING_FILE = "meta/vla_recording.json"  # how the frames were made (env, camera look), beside LeRobot's meta
+EPISODE_LOG = "meta/vla_episodes.jsonl"  # one line per saved episode: its simulator seed, success, ...
 
 
 def recording_info(root: str | Path) -> dict[str, Any]:
     """What ``EpisodeWriter(recording=...)`` stored with a dataset; {} for other datasets."""
     path = Path(root) / RECORDING_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def append_episode_labels(root: str | Path, labels: dict[str, Any]) -> None:
+    """Add one episode's labels (``episode_index`` first) to ``meta/vla_episodes.jsonl``."""
+    import os
+
+    with open(Path(root) / EPISODE_LOG, "a") as f:
+        f.write(json.dumps(labels) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def episode_labels(root: str | Path) -> list[dict[str, Any]]:
+    """Per-episode labels (simulator seed, success, interventions, timing); [] for other datasets."""
+    path = Path(root) / EPISODE_LOG
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def repo_id_for(root: Path) -> str:
@@ -179,13 +198,17 @@ class EpisodeWriter:
     def num_episodes(self) -> int:
         return self.dataset.meta.total_episodes
 
-    def write_episode(self, frames: Sequence[dict[str, Any]]) -> None:
-        """Add every frame of one episode and save it (videos encoded now)."""
+    def write_episode(self, frames: Sequence[dict[str, Any]], labels: dict[str, Any] | None = None) -> None:
+        """Add every frame of one episode and save it (videos encoded now); ``labels`` (its
+        simulator seed, success) go to ``meta/vla_episodes.jsonl``."""
         if not frames:
             raise ValueError("an episode needs at least one frame")
+        index = self.num_episodes
         for frame in frames:
             self.dataset.add_frame(frame)
         self.dataset.save_episode()
+        if labels is not None:
+            append_episode_labels(self.root, {"episode_index": index, **labels})
 
     def close(self) -> None:
         if not self._closed:

@@ -20,10 +20,12 @@ rollback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,9 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from vla.datasets.lerobot_io import (
+    EPISODE_LOG,
     RECORDING_FILE,
     NotADatasetError,
     _user_features,
+    append_episode_labels,
     check_dataset_dir,
     is_lerobot_dataset,
     recording_info,
@@ -45,7 +49,6 @@ log = logging.getLogger(__name__)
 
 COMMITS_DIR = "meta/vla_commits"
 PENDING_FILE = "meta/vla_pending.json"
-EPISODE_LOG = "meta/vla_episodes.jsonl"  # one line per committed episode: success, interventions, timing
 # Files LeRobot rewrites in place on every save; everything else a save writes is a new file.
 REWRITTEN_META = ("meta/info.json", "meta/stats.json", "meta/tasks.parquet", EPISODE_LOG, RECORDING_FILE)
 PAYLOAD_DIRS = ("data", "videos", "meta/episodes")
@@ -76,6 +79,28 @@ class SavedEpisode:
     save_seconds: float  # from save_episode() called to control back to the caller
     dropped_frames: int  # camera frames the encoder could not take (0 in a healthy run)
     labels: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- LeRobot shim
+def _skip_empty_image_embedding() -> None:
+    """LeRobot 0.6's writer runs ``embed_images`` (a per-row ``datasets.map``, ~2 ms a row) on
+    every saved episode, also when it has no image columns to embed: 3.5 s of a 60 s episode's
+    save at 30 Hz. Skip the map when there is nothing to embed; datasets with PNG image
+    columns go through LeRobot's own function unchanged."""
+    import datasets
+    from lerobot.datasets import dataset_writer
+
+    original = dataset_writer.embed_images
+    if getattr(original, "_vla_shim", False):
+        return
+
+    def embed_images(dataset):
+        if not any(isinstance(f, datasets.Image) for f in dataset.features.values()):
+            return dataset
+        return original(dataset)
+
+    embed_images._vla_shim = True  # type: ignore[attr-defined]
+    dataset_writer.embed_images = embed_images
 
 
 # --------------------------------------------------------------------------- journal
@@ -218,6 +243,8 @@ class EpisodeRecorder:
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
         self._LeRobotDataset = LeRobotDataset
+        self._reopen: threading.Thread | None = None
+        _skip_empty_image_embedding()
         if use_videos:
             silence_libav_info()
         self.root = Path(root)
@@ -280,6 +307,35 @@ class EpisodeRecorder:
                 f"this recording's with {recording.get('render_quality')!r}"
             )
 
+    def _reopen_in_background(self) -> None:
+        """Reopen LeRobot's writer for the next episode (~1.3 s of metadata loading) while the
+        operator resets the scene: the saved episode is already committed, and the first use of
+        ``self.dataset`` waits for the reopen."""
+
+        def reopen():
+            try:
+                self._dataset = self._open(resume=True)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                self._reopen_error = e
+
+        self._reopen_error: BaseException | None = None
+        self._reopen = threading.Thread(target=reopen, name="lerobot-reopen", daemon=True)
+        self._reopen.start()
+
+    @property
+    def dataset(self):
+        """LeRobot's dataset in write mode (waits for a reopen in progress)."""
+        if self._reopen is not None:
+            self._reopen.join()
+            self._reopen = None
+            if self._reopen_error is not None:
+                raise RuntimeError(f"reopening {self.root} for the next episode failed") from self._reopen_error
+        return self._dataset
+
+    @dataset.setter
+    def dataset(self, value) -> None:
+        self._dataset = value
+
     @property
     def num_episodes(self) -> int:
         return self.dataset.meta.total_episodes
@@ -317,18 +373,50 @@ class EpisodeRecorder:
         before = _payload_files(self.root)
         last = max(committed_episodes(self.root), default=EMPTY_COMMIT)
         _write_atomic(self.root / PENDING_FILE, json.dumps({"op": "save", "episode": index, "keep_through": last}))
-        self.dataset.save_episode()
-        self.dataset.finalize()  # every writer closed: all saved episodes are complete files
         labels = {"episode_index": index, "frames": frames, **(labels or {})}
-        with open(self.root / EPISODE_LOG, "a") as f:
-            f.write(json.dumps(labels) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        _snapshot(self.root, index, sorted(_payload_files(self.root) - before))
+        try:
+            self.dataset.save_episode()
+            self.dataset.finalize()  # every writer closed: all saved episodes are complete files
+            append_episode_labels(self.root, labels)
+            _snapshot(self.root, index, sorted(_payload_files(self.root) - before))
+        except Exception as e:  # a full disk, a failed encoder: back to the last commit
+            self._abandon_writer()
+            try:
+                _rollback_to(self.root, last)
+                (self.root / PENDING_FILE).unlink()
+            except Exception as rollback_error:  # noqa: BLE001 - still failing (disk full): next open recovers
+                raise RuntimeError(
+                    f"saving episode {index} failed ({e}) and so did rolling it back ({rollback_error}); "
+                    f"the next EpisodeRecorder or `recover({str(self.root)!r})` restores the saved episodes"
+                ) from e
+            self.dataset = self._open(resume=True)
+            raise RuntimeError(
+                f"saving episode {index} failed ({type(e).__name__}: {e}); the episode is lost and the dataset "
+                f"keeps its {self.num_episodes} saved episodes"
+            ) from e
         (self.root / PENDING_FILE).unlink()
         _fsync_dir(self.root / "meta")
-        self.dataset = self._open(resume=True)  # LeRobot starts new files for the next episode
+        self._reopen_in_background()  # LeRobot starts new files for the next episode
         return SavedEpisode(index, frames, time.perf_counter() - started, dropped, labels)
+
+    def _abandon_writer(self) -> None:
+        """Drop LeRobot's writer after a failed save without letting it write more (its own
+        finalize would flush buffered metadata of the failed episode)."""
+        writer = self.dataset.writer
+        with contextlib.suppress(Exception):
+            writer.cancel_pending_videos()
+        for owner in (writer, self.dataset.meta):
+            pq_writer = getattr(owner, "_pq_writer", None)
+            if pq_writer is not None:
+                with contextlib.suppress(Exception):
+                    pq_writer.close()
+                owner._pq_writer = None
+        buffer = getattr(self.dataset.meta, "_metadata_buffer", None)
+        if buffer is not None:
+            buffer.clear()
+        writer._finalized = True
+        self.dataset.meta._finalized = True
+        self.dataset._is_finalized = True
 
     def discard_episode(self) -> int:
         """Drop the frames of the episode in progress; returns how many were dropped."""
@@ -368,19 +456,10 @@ class EpisodeRecorder:
         self.close()
 
 
-def episode_labels(root: str | Path) -> list[dict[str, Any]]:
-    """Per-episode labels written by ``EpisodeRecorder`` (success, interventions, timing)."""
-    path = Path(root) / EPISODE_LOG
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 __all__ = [
     "EpisodeRecorder",
     "SavedEpisode",
     "VideoSettings",
     "committed_episodes",
-    "episode_labels",
     "recover",
 ]

@@ -94,6 +94,7 @@ class Episode:
     takeovers: int = 0
     late_ticks_at_start: int = 0
     success: bool = False
+    seed: int | None = None  # the simulator seed of the scene: `vla replay` starts from it
 
 
 @dataclass
@@ -233,6 +234,7 @@ def _loop(config, env, device, keyboard, policy, layout, recorder, view, result,
             return
         if save and episode.frames:
             labels = {
+                "seed": episode.seed,
                 "success": episode.success,
                 "seconds": round(time.monotonic() - episode.started, 3),
                 "human_frames": episode.human_frames,
@@ -316,6 +318,8 @@ def _loop(config, env, device, keyboard, policy, layout, recorder, view, result,
         frame[INTERVENTION] = np.array([human], dtype=bool)
         frame[CAPTURE_TIME] = np.array([captured], dtype=np.float32)
         recorder.add_frame(frame)
+        if episode.seed is None:
+            episode.seed = int(info["episode_seed"][0])
         episode.frames += 1
         episode.human_frames += int(human)
         episode.success = episode.success or success
