@@ -143,6 +143,28 @@ def silence_libav_info() -> None:
         ctypes.CDLL(str(libs[0])).av_log_set_level(16)  # AV_LOG_ERROR
 
 
+def check_appendable(
+    root: Path, features: dict[str, dict[str, Any]], fps: int, recording: dict[str, Any] | None
+) -> None:
+    """Refuse appending frames to a dataset with other features, another fps or images rendered
+    with another look (read from its metadata files)."""
+    info = json.loads((Path(root) / "meta" / "info.json").read_text())
+    existing, wanted = _user_features(info["features"]), _user_features(features)
+    if existing != wanted or info["fps"] != fps:
+        raise ValueError(
+            f"cannot append to {root}: its features/fps differ from this run's.\n"
+            f"  dataset: fps={info['fps']} {existing}\n  this run: fps={fps} {wanted}"
+        )
+    stored = recording_info(root).get("render_quality")
+    has_cameras = any(v["dtype"] in ("video", "image") for v in info["features"].values())
+    if recording is not None and has_cameras and stored != recording.get("render_quality"):
+        raise ValueError(
+            f"cannot append to {root}: its images were rendered with render_quality={stored!r}, "
+            f"this run's with {recording.get('render_quality')!r} (pass --render-quality {stored} "
+            "or write to a new dataset)"
+        )
+
+
 class EpisodeWriter:
     """Create a LeRobot v3 dataset, or append to an existing one with the same features."""
 
@@ -166,22 +188,11 @@ class EpisodeWriter:
         repo_id = repo_id_for(self.root)
         if is_lerobot_dataset(self.root):
             self.dataset = LeRobotDataset.resume(repo_id, root=self.root)
-            existing = _user_features(self.dataset.meta.features)
-            wanted = _user_features(features)
-            if existing != wanted or self.dataset.meta.fps != fps:
+            try:
+                check_appendable(self.root, features, fps, recording)
+            except ValueError:
                 self.dataset.finalize()
-                raise ValueError(
-                    f"cannot append to {self.root}: its features/fps differ from this run's.\n"
-                    f"  dataset: fps={self.dataset.meta.fps} {existing}\n  this run: fps={fps} {wanted}"
-                )
-            stored = recording_info(self.root).get("render_quality")
-            if recording is not None and stored != recording.get("render_quality") and self.dataset.meta.camera_keys:
-                self.dataset.finalize()
-                raise ValueError(
-                    f"cannot append to {self.root}: its images were rendered with render_quality={stored!r}, "
-                    f"this run's with {recording.get('render_quality')!r} (pass --render-quality {stored} "
-                    "or write to a new dataset)"
-                )
+                raise
             log.info("appending to %s (%d episodes already)", self.root, self.dataset.meta.total_episodes)
         else:
             if self.root.is_dir():  # empty directory: LeRobot wants to create it itself

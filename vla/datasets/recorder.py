@@ -36,11 +36,10 @@ from vla.datasets.lerobot_io import (
     EPISODE_LOG,
     RECORDING_FILE,
     NotADatasetError,
-    _user_features,
     append_episode_labels,
+    check_appendable,
     check_dataset_dir,
     is_lerobot_dataset,
-    recording_info,
     repo_id_for,
     silence_libav_info,
 )
@@ -255,7 +254,7 @@ class EpisodeRecorder:
         if self.recovered:
             log.warning("%s: %s", self.root, self.recovered)
         if is_lerobot_dataset(self.root):
-            self._check_compatible(recording)
+            check_appendable(self.root, self.features, self.fps, recording)
             if not committed_episodes(self.root) and not _commit_dir(self.root, EMPTY_COMMIT).is_dir():
                 # a dataset from `vla collect` or elsewhere: journal its current state as the base
                 _snapshot(self.root, EMPTY_COMMIT, [])
@@ -290,22 +289,6 @@ class EpisodeRecorder:
             use_videos=self.use_videos,
             **common,
         )
-
-    def _check_compatible(self, recording: dict[str, Any] | None) -> None:
-        info = json.loads((self.root / "meta/info.json").read_text())
-        existing, wanted = _user_features(info["features"]), _user_features(self.features)
-        if existing != wanted or info["fps"] != self.fps:
-            raise ValueError(
-                f"cannot append to {self.root}: its features/fps differ from this recording's.\n"
-                f"  dataset: fps={info['fps']} {existing}\n  this run: fps={self.fps} {wanted}"
-            )
-        stored = recording_info(self.root).get("render_quality")
-        has_cameras = any(v["dtype"] in ("video", "image") for v in info["features"].values())
-        if recording is not None and has_cameras and stored != recording.get("render_quality"):
-            raise ValueError(
-                f"cannot append to {self.root}: its images were rendered with render_quality={stored!r}, "
-                f"this recording's with {recording.get('render_quality')!r}"
-            )
 
     def _reopen_in_background(self) -> None:
         """Reopen LeRobot's writer for the next episode (~1.3 s of metadata loading) while the
